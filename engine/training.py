@@ -1,0 +1,196 @@
+"""The two MOCCA stages as plain PyTorch loops: no I/O, no Ray (METHOD.md 2.3, section 5).
+
+Stage 1 trains the autoencoder on reconstruction. Stage 2 keeps the *trained* encoder (the reference never copies
+the weights over: bug 1) and trains it, in train mode so BatchNorm uses batch statistics (the reference leaves it in
+eval mode: bug 3), to pull each selected layer towards its centroid. Data stays on the device and batches are taken
+by index; the loop synchronises with the host once per epoch (loss, radii, divergence check), never per step.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from engine.data.base import OneClassSplit
+from engine.objective import centroids_from_mean, one_class_loss, squared_distances, updated_radii
+
+PRECISIONS = ("fp32", "bf16")
+
+
+class Diverged(RuntimeError):
+    """The loss became NaN or infinite; the run ends with status `diverged`."""
+
+
+@dataclass(frozen=True)
+class StageConfig:
+    """Optimiser settings of one stage: Adam with L2 weight decay, lr x0.1 at each milestone epoch."""
+
+    epochs: int
+    lr: float
+    weight_decay: float = 0.5e-6
+    milestones: tuple[int, ...] = ()
+    batch_size: int = 256
+
+
+@dataclass
+class OneClassModel:
+    """What stage 2 leaves besides the encoder weights: one centroid and one radius per selected layer."""
+
+    layers: tuple[int, ...]
+    centroids: list[torch.Tensor]
+    radii: torch.Tensor  # (L,)
+    curves: list[dict] = field(default_factory=list)
+
+
+def _autocast(device: torch.device, precision: str):
+    if precision == "bf16":
+        return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+    assert precision == "fp32", precision
+    return contextlib.nullcontext()
+
+
+def batch_indices(n: int, batch_size: int, generator: torch.Generator, device: torch.device) -> list[torch.Tensor]:
+    """A shuffled epoch as index tensors on `device`; a trailing batch of one is dropped (BatchNorm needs two)."""
+    perm = torch.randperm(n, generator=generator).to(device, non_blocking=True)
+    batches = list(perm.split(batch_size))
+    if len(batches) > 1 and len(batches[-1]) < 2:
+        batches.pop()
+    return batches
+
+
+def training_batch(split: OneClassSplit, idx: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    x = split.x_train[idx]
+    return split.train_transform(x, generator) if split.train_transform is not None else x
+
+
+def _optimiser(params, cfg: StageConfig) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.MultiStepLR]:
+    opt = torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    return opt, torch.optim.lr_scheduler.MultiStepLR(opt, milestones=list(cfg.milestones), gamma=0.1)
+
+
+def _check_finite(value: float, stage: str, epoch: int) -> None:
+    if not torch.isfinite(torch.tensor(value)):
+        raise Diverged(f"{stage} loss became {value} at epoch {epoch}")
+
+
+def reconstruction_loss(reconstruction: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """Mean over the batch of the per-sample sum of squared errors."""
+    return ((reconstruction.float() - x) ** 2).flatten(1).sum(dim=1).mean()
+
+
+def train_autoencoder(
+    model: nn.Module,
+    split: OneClassSplit,
+    cfg: StageConfig,
+    generator: torch.Generator,
+    precision: str = "fp32",
+) -> list[dict]:
+    """Stage 1. Returns per-epoch curves [{stage, epoch, loss, lr}]."""
+    device = split.x_train.device
+    opt, sched = _optimiser(model.parameters(), cfg)
+    model.train()
+    curves = []
+    for epoch in range(cfg.epochs):
+        total = torch.zeros((), device=device)
+        batches = batch_indices(len(split.x_train), cfg.batch_size, generator, device)
+        for idx in batches:
+            x = training_batch(split, idx, generator)
+            with _autocast(device, precision):
+                loss = reconstruction_loss(model(x), x)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            total += loss.detach()
+        epoch_loss = total.item() / len(batches)
+        _check_finite(epoch_loss, "autoencoder", epoch)
+        curves.append({"stage": "autoencoder", "epoch": epoch, "loss": epoch_loss, "lr": sched.get_last_lr()[0]})
+        sched.step()
+    return curves
+
+
+@torch.no_grad()
+def layer_means(
+    encoder: nn.Module, split: OneClassSplit, layers: tuple[int, ...], batch_size: int, generator: torch.Generator
+) -> list[torch.Tensor]:
+    """Mean layer vector over all training data, in eval mode (the centroids before the near-zero rule)."""
+    encoder.eval()
+    sums: list[torch.Tensor] | None = None
+    n = len(split.x_train)
+    for idx in torch.arange(n, device=split.x_train.device).split(batch_size):
+        feats = encoder.features(training_batch(split, idx, generator), layers)
+        batch_sums = [f.float().sum(dim=0) for f in feats]
+        sums = batch_sums if sums is None else [s + b for s, b in zip(sums, batch_sums, strict=True)]
+    assert sums is not None, "no training data"
+    return [s / n for s in sums]
+
+
+def train_one_class(
+    encoder: nn.Module,
+    split: OneClassSplit,
+    layers: tuple[int, ...],
+    boundary: str,
+    nu: float,
+    cfg: StageConfig,
+    generator: torch.Generator,
+    warmup_epochs: int = 10,
+    centroid_eps: float | None = 0.1,
+    precision: str = "fp32",
+) -> OneClassModel:
+    """Stage 2 on the encoder as given (carry the stage-1 weights in before calling). Soft boundary: radii are
+    the per-batch (1 - nu)-quantile of the layer distances after each step from epoch `warmup_epochs` on."""
+    device = split.x_train.device
+    centroids = centroids_from_mean(layer_means(encoder, split, layers, cfg.batch_size, generator), centroid_eps)
+    radii = torch.zeros(len(layers), device=device)
+    opt, sched = _optimiser(encoder.parameters(), cfg)
+    encoder.train()
+    curves = []
+    for epoch in range(cfg.epochs):
+        total = torch.zeros((), device=device)
+        batches = batch_indices(len(split.x_train), cfg.batch_size, generator, device)
+        update_radius = boundary == "soft" and epoch >= warmup_epochs
+        for idx in batches:
+            x = training_batch(split, idx, generator)
+            with _autocast(device, precision):
+                feats = encoder.features(x, layers)
+            dist = squared_distances([f.float() for f in feats], centroids)  # (L, B)
+            loss = one_class_loss(dist, radii, nu, boundary)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            if update_radius:
+                radii = updated_radii(dist, nu)
+            total += loss.detach()
+        epoch_loss = total.item() / len(batches)
+        _check_finite(epoch_loss, "one-class", epoch)
+        row = {"stage": "one_class", "epoch": epoch, "loss": epoch_loss, "lr": sched.get_last_lr()[0]}
+        row.update({f"radius_{k}": float(r) for k, r in zip(layers, radii.tolist(), strict=True)})
+        curves.append(row)
+        sched.step()
+    return OneClassModel(layers=tuple(layers), centroids=centroids, radii=radii, curves=curves)
+
+
+@torch.no_grad()
+def test_distances(
+    encoder: nn.Module,
+    state: OneClassModel,
+    x: torch.Tensor,
+    batch_size: int,
+    split: OneClassSplit | None = None,
+    precision: str = "fp32",
+) -> torch.Tensor:
+    """(L, N, P) squared layer distances of N test items, each seen as P views (P = 1 unless the split cuts test
+    images into patches through `test_view`)."""
+    encoder.eval()
+    view = split.test_view if split is not None else None
+    per_item = split.views_per_test_item if split is not None else 1
+    out = []
+    for chunk in x.split(max(1, batch_size // per_item)):
+        inputs = view(chunk) if view is not None else chunk  # (n * P, C, h, w)
+        with _autocast(x.device, precision):
+            feats = encoder.features(inputs, state.layers)
+        dist = squared_distances([f.float() for f in feats], state.centroids)
+        out.append(dist.view(len(state.layers), len(chunk), per_item))
+    return torch.cat(out, dim=1)
