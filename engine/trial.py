@@ -20,7 +20,7 @@ import random
 import subprocess
 import time
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from functools import lru_cache
 from pathlib import Path
 
@@ -31,7 +31,7 @@ import torch
 from engine import __version__
 from engine.data import OneClassSplit, class_names, dataset_module, load_split
 from engine.metrics import max_balanced_accuracy, roc_auc
-from engine.models import create_model
+from engine.models import create_model, model_options
 from engine.objective import BOUNDARIES, layer_scores
 from engine.training import (
     PRECISIONS,
@@ -198,7 +198,7 @@ def code_version() -> str:
 
 
 def _now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+    return datetime.now(UTC).isoformat(timespec="seconds")
 
 
 def base_row(spec: TrialSpec) -> dict:
@@ -272,7 +272,10 @@ def _score_table(layers, parts: dict[str, tuple]) -> pd.DataFrame:
 
 def _mocca(spec: TrialSpec, split: OneClassSplit, generator: torch.Generator, timings: dict) -> TrialResult:
     layers = spec.resolved_layers()
-    ae = create_model(spec.model_name, in_channels=split.x_train.shape[1], **spec.model_kwargs())
+    model_kwargs = {"in_channels": split.x_train.shape[1], **spec.model_kwargs()}
+    if "input_size" in model_options(spec.model_name):  # sized by the data (MVTec: image or texture patch side)
+        model_kwargs["input_size"] = split.input_shape[-1]
+    ae = create_model(spec.model_name, **model_kwargs)
     ae = ae.to(split.x_train.device)
     ae_cfg = StageConfig(spec.ae_epochs, spec.ae_lr, spec.ae_weight_decay, spec.ae_milestones, spec.batch_size)
     oc_cfg = StageConfig(spec.oc_epochs, spec.oc_lr, spec.oc_weight_decay, spec.oc_milestones, spec.batch_size)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable
 
 from torch import nn
@@ -27,3 +28,8 @@ def create_model(name: str, **kwargs) -> nn.Module:
 
 def list_models() -> list[str]:
     return sorted(_MODELS)
+
+
+def model_options(name: str) -> frozenset[str]:
+    """The keyword options the factory registered as `name` accepts (e.g. whether it takes `input_size`)."""
+    return frozenset(inspect.signature(_MODELS[name]).parameters) if name in _MODELS else frozenset()
