@@ -1,7 +1,7 @@
 """The Parquet results store: one folder per sweep, one file per finished run (see results.store, results.schema).
 
-    >>> import results
-    >>> df = results.load("sweeps/digits")               # doctest: +SKIP
+>>> import results
+>>> df = results.load("sweeps/digits")               # doctest: +SKIP
 """
 
 from results.schema import RUN_SCHEMA, STATUSES, run_table

@@ -61,7 +61,11 @@ class ResultsStore:
         selector = pafs.FileSelector(self._path(folder), allow_not_found=True)
         infos = self.fs.get_file_info(selector)
         return sorted(
-            (i for i in infos if i.type == pafs.FileType.File and i.base_name.endswith(suffix) and i.base_name[0] != "."),
+            (
+                i
+                for i in infos
+                if i.type == pafs.FileType.File and i.base_name.endswith(suffix) and i.base_name[0] != "."
+            ),
             key=lambda i: i.base_name,
         )
 
