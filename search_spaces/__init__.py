@@ -24,6 +24,7 @@ from types import ModuleType
 SPACES = {
     "digits": "search_spaces.digits",
     "cifar10": "search_spaces.cifar10",
+    "mvtec": "search_spaces.mvtec",
 }
 
 
