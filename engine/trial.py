@@ -350,6 +350,13 @@ def _baseline(spec: TrialSpec, split: OneClassSplit, generator: torch.Generator,
     return TrialResult(row=metrics, scores=scores)
 
 
+def _video(spec: TrialSpec, split, generator: torch.Generator, timings: dict) -> TrialResult:
+    """The end-to-end video recipe (METHOD.md 4.4-4.5); imported here so image runs never load it."""
+    from engine.video import run_video
+
+    return run_video(spec, split, generator, timings)
+
+
 def run_trial(spec: TrialSpec) -> TrialResult:
     """Train and evaluate one run. Divergence gives status `diverged`; any other error propagates (the caller
     decides whether it is the user's to fix or a failed run to record, see `failed_row`)."""
@@ -364,7 +371,10 @@ def run_trial(spec: TrialSpec) -> TrialResult:
     generator = seed_everything(spec.seed)
     row.update(device=str(device), n_train=len(split.x_train), n_val=len(split.y_val), n_test=len(split.y_test))
     try:
-        result = (_mocca if spec.method == "mocca" else _baseline)(spec, split, generator, timings)
+        if getattr(dataset_module(spec.dataset), "VIDEO", False):
+            result = _video(spec, split, generator, timings)
+        else:
+            result = (_mocca if spec.method == "mocca" else _baseline)(spec, split, generator, timings)
     except Diverged as exc:
         result = TrialResult(row={})
         row.update(status="diverged", error=str(exc))

@@ -25,6 +25,7 @@ SPACES = {
     "digits": "search_spaces.digits",
     "cifar10": "search_spaces.cifar10",
     "mvtec": "search_spaces.mvtec",
+    "shanghaitech": "search_spaces.shanghaitech",
 }
 
 

@@ -6,7 +6,7 @@ Factories take `in_channels` and, when their size depends on the input (MVTec), 
 square network input); `engine.trial` passes both from the data.
 """
 
-from engine.models import lenet, mvtec  # noqa: F401  (registers the LeNet family and the MVTec residual AE)
+from engine.models import lenet, mvtec, video  # noqa: F401  (LeNet family, MVTec residual AE, video AE)
 from engine.models.registry import create_model, list_models, model_options, register_model
 
 __all__ = ["create_model", "list_models", "model_options", "register_model"]
