@@ -14,6 +14,7 @@ DuckDB `SELECT * FROM '<sweep>/runs/*.parquet'` or Polars `pl.read_parquet(...)`
 | model, code_size, ae_*, oc_*, batch_size, warmup_epochs, centroid_eps, squared_scores, precision | settings |
 | selection | val (select on a validation split carved from the test set) or test (the paper's protocol) |
 | seed, data_options | the run's seed; dataset settings as JSON |
+| params | JSON of the parameters the sweep chose for this run (the searched ones: learning rates, nu, layers, ...) |
 | val_auc, val_max_ba, test_auc, test_max_ba | metrics of the combined score (NaN unless status is ok) |
 | layer_val_auc, layer_test_auc | AUC of each selected layer alone, aligned with `layers` |
 | final_radii | radius per selected layer at the end of training (0 for the hard boundary) |
@@ -66,6 +67,7 @@ RUN_SCHEMA = pa.schema(
         ("selection", pa.string()),
         ("seed", pa.int64()),
         ("data_options", pa.string()),
+        ("params", pa.string()),
         ("val_auc", pa.float64()),
         ("val_max_ba", pa.float64()),
         ("test_auc", pa.float64()),

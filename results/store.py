@@ -117,6 +117,12 @@ class ResultsStore:
     def has_run(self, key: str) -> bool:
         return self.fs.get_file_info(self._path("runs", f"{key}.parquet")).type == pafs.FileType.File
 
+    def read_run(self, key: str) -> dict | None:
+        """The stored row of run `key`, or None when it is not in the store."""
+        if not self.has_run(key):
+            return None
+        return self._read_table(self._path("runs", f"{key}.parquet")).cast(RUN_SCHEMA).to_pylist()[0]
+
     def done_keys(self) -> set[str]:
         return {i.base_name.removesuffix(".parquet") for i in self._list("runs", ".parquet")}
 

@@ -1,0 +1,221 @@
+"""What a sweep runs, without Ray: run configs, the plans of the seeds and ablation phases, choosing a class's
+best configuration, and `run_and_store` (one run, idempotent against the results store).
+
+A *run config* is a flat dict: TrialSpec fields chosen by the sweep (`normal_class`, `seed`, `method`,
+`boundary`, and the searched parameters such as `ae_lr`, `oc_lr`, `nu`, `layers` as "0,1,3") plus `mode`.
+`spec_from_config` completes it with the search space's fixed settings at the sweep's budget.
+engine/sweep.py hands these dicts to Ray Tune; tests and benchmarks call `run_and_store` directly.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import time
+from dataclasses import dataclass
+
+import pandas as pd
+import torch
+
+from engine.data import class_names
+from engine.trial import BASELINES, TrialResult, TrialSpec, failed_row, run_key, run_trial
+from results import ResultsStore
+from search_spaces import get_space, layers_to_str, params_to_fields
+
+MODES = ("paper", "search", "seeds", "ablation")
+SPEC_FIELDS = {f.name for f in dataclasses.fields(TrialSpec)}
+SEARCHED = ("ae_lr", "oc_lr", "nu", "layers", "boundary")  # what a selection carries over to the seeds phase
+TRAINING_LOG = "MOCCA_TRAINING_LOG"  # debugging aid: append one line per training started (tests count them)
+INJECT_FAILURE = "MOCCA_INJECT_FAILURE"  # fault injection for tests: "<class>:<seed>" raises inside that run
+
+
+@dataclass(frozen=True)
+class SweepContext:
+    """Everything a worker needs besides the run config; shipped to the workers once per experiment."""
+
+    dataset: str
+    store_uri: str
+    sweep: str
+    budget: str = "smoke"
+    selection: str = "val"
+    data_root: str | None = None
+    data_options: tuple[tuple[str, object], ...] = ()
+    cpus_per_run: float = 1.0
+    device: str = "auto"
+
+
+def spec_from_config(ctx: SweepContext, config: dict) -> TrialSpec:
+    fields = dict(get_space(ctx.dataset).fixed(ctx.budget, int(config["normal_class"])))
+    fields.update(params_to_fields({k: v for k, v in config.items() if k in SPEC_FIELDS}))
+    options = {**dict(fields.pop("data_options", ())), **dict(ctx.data_options)}
+    fields.update(
+        selection=ctx.selection,
+        data_root=ctx.data_root,
+        data_options=tuple(sorted(options.items())),
+        device=ctx.device,
+    )
+    return TrialSpec(**fields)
+
+
+def _searched_params(config: dict) -> str:
+    return json.dumps({k: v for k, v in sorted(config.items()) if k not in ("normal_class", "seed", "mode")})
+
+
+def _maybe_inject_failure(spec: TrialSpec) -> None:
+    target = os.environ.get(INJECT_FAILURE)
+    if target and target == f"{spec.normal_class}:{spec.seed}" and spec.method == "mocca":
+        raise RuntimeError(f"injected failure for class {spec.normal_class} seed {spec.seed}")
+
+
+def _log_training(key: str) -> None:
+    path = os.environ.get(TRAINING_LOG)
+    if path:
+        with open(path, "a") as f:
+            f.write(f"{key} {os.getpid()} {time.time():.3f}\n")
+
+
+def run_and_store(config: dict, ctx: SweepContext, node_id: str = "", trial_id: str = "") -> tuple[dict, bool]:
+    """Train the run unless its key is already stored; store it; return (row, trained).
+
+    Any error inside the run becomes a row with status `failed` (the sweep goes on); divergence becomes
+    `diverged` inside run_trial. Re-running after a crash therefore never trains a stored run again.
+    """
+    spec = spec_from_config(ctx, config)
+    store = ResultsStore(ctx.store_uri)
+    key = run_key(spec)
+    stored = store.read_run(key)
+    if stored is not None:
+        return stored, False
+    torch.set_num_threads(max(1, int(ctx.cpus_per_run)))
+    _log_training(key)
+    try:
+        _maybe_inject_failure(spec)
+        result = run_trial(spec)
+    except Exception as exc:  # a failed run is data, not a crash of the sweep
+        result = TrialResult(row=failed_row(spec, exc))
+    result.row.update(
+        sweep=ctx.sweep, mode=config.get("mode", "single"), node_id=node_id, trial_id=trial_id,
+        params=_searched_params(config),
+    )  # fmt: skip
+    store.write_run(result.row, result.scores, result.curves)
+    return result.row, True
+
+
+# -- plans ---------------------------------------------------------------------------------------------------------
+def selection_name(dataset: str, normal_class: int, boundary: str) -> str:
+    return f"selected/{dataset}-{normal_class}-{boundary}.json"
+
+
+def best_config(runs: pd.DataFrame, normal_class: int, boundary: str) -> dict | None:
+    """The search run with the best validation AUC (ties: best validation maxBA, then run key) as a selection."""
+    rows = runs[
+        (runs["mode"] == "search")
+        & (runs["normal_class"] == normal_class)
+        & (runs["boundary"] == boundary)
+        & (runs["status"] == "ok")
+    ]
+    if rows.empty:
+        return None
+    best = rows.sort_values(["val_auc", "val_max_ba", "run_key"], ascending=[False, False, True]).iloc[0]
+    params = {k: v for k, v in json.loads(best["params"]).items() if k in SEARCHED}
+    return {
+        "dataset": best["dataset"],
+        "normal_class": int(normal_class),
+        "class_name": best["class_name"],
+        "boundary": boundary,
+        "config_key": best["config_key"],
+        "run_key": best["run_key"],
+        "params": params,
+        "val_auc": float(best["val_auc"]),
+        "selection": best["selection"],
+        "trials": int(len(rows)),
+    }
+
+
+def seeds_plan(dataset: str, classes, boundaries, seeds, selections: dict) -> list[dict]:
+    """For every class: the selected config of each boundary with every seed, its last-layer-only twin (for the
+    paper's multi-layer vs last-layer claim) and the baselines. `selections[(class, boundary)]` -> params; a
+    missing selection means the search space's default settings."""
+    space = get_space(dataset)
+    last = layers_to_str((space.NUM_LAYERS - 1,))
+    plan = []
+    for c in classes:
+        for b in boundaries:
+            params = dict(selections.get((c, b), {}))
+            params["boundary"] = b
+            variants = [params]
+            if params.get("layers", "") != last:
+                variants.append({**params, "layers": last})
+            plan += [{**v, "normal_class": c, "seed": s, "mode": "seeds"} for v in variants for s in seeds]
+        plan += [{"method": m, "normal_class": c, "seed": s, "mode": "seeds"} for m in BASELINES for s in seeds]
+    return plan
+
+
+def ablation_plan(dataset: str, classes, boundaries, seeds, selections: dict) -> list[dict]:
+    """Every layer subset of the space's ABLATION_LAYER_SETS x boundary x seed, other settings as selected."""
+    space = get_space(dataset)
+    plan = []
+    for c in classes:
+        for b in boundaries:
+            params = {**selections.get((c, b), {}), "boundary": b}
+            for layers in space.ABLATION_LAYER_SETS:
+                for s in seeds:
+                    plan.append({**params, "layers": layers_to_str(layers), "normal_class": c, "seed": s,
+                                 "mode": "ablation"})  # fmt: skip
+    return plan
+
+
+def unique_pending(ctx: SweepContext, plan: list[dict], done: set[str]) -> tuple[list[dict], int]:
+    """(configs still to run, without duplicates of the same run key; number already done)."""
+    pending, seen, already = [], set(), 0
+    for config in plan:
+        key = run_key(spec_from_config(ctx, config))
+        if key in seen:
+            continue
+        seen.add(key)
+        if key in done:
+            already += 1
+        else:
+            pending.append(config)
+    return pending, already
+
+
+# -- summary -------------------------------------------------------------------------------------------------------
+def summary_table(runs: pd.DataFrame) -> pd.DataFrame:
+    """Per class and model: mean +- std over seeds of test AUC and maxBA of the configurations the seeds phase
+    trained (ok runs only; a config's seed that the search already trained counts too)."""
+    configs = set(runs.loc[runs["mode"] == "seeds", "config_key"])
+    rows = runs[runs["config_key"].isin(configs) & (runs["status"] == "ok")].copy()
+    if rows.empty:
+        return pd.DataFrame()
+    names = {"ocsvm": "OC-SVM", "iforest": "IsolationForest"}
+
+    def label(r) -> str:
+        if r["method"] != "mocca":
+            return names[r["method"]]
+        return f"MOCCA {r['boundary']} layers {','.join(str(k) for k in r['layers'])}"
+
+    rows["model"] = rows.apply(label, axis=1)
+    grouped = rows.groupby(["normal_class", "class_name", "model"])
+    table = grouped.agg(
+        auc_mean=("test_auc", "mean"), auc_std=("test_auc", "std"), max_ba_mean=("test_max_ba", "mean"),
+        max_ba_std=("test_max_ba", "std"), seeds=("seed", "nunique"),
+    ).reset_index()  # fmt: skip
+    return table.fillna({"auc_std": 0.0, "max_ba_std": 0.0})
+
+
+def format_summary(table: pd.DataFrame) -> str:
+    if table.empty:
+        return "no finished runs of the seeds phase yet"
+    lines = [f"{'class':<14} {'model':<34} {'test AUC':>16} {'test maxBA':>16} {'seeds':>5}"]
+    for r in table.itertuples():
+        lines.append(
+            f"{f'{r.normal_class}:{r.class_name}':<14} {r.model:<34} "
+            f"{r.auc_mean:>8.4f} ± {r.auc_std:.4f} {r.max_ba_mean:>8.4f} ± {r.max_ba_std:.4f} {r.seeds:>5}"
+        )
+    return "\n".join(lines)
+
+
+def class_label(dataset: str, normal_class: int) -> str:
+    return f"{normal_class}:{class_names(dataset)[normal_class]}"
