@@ -69,7 +69,10 @@ class Section:
 
 
 def _style(fig: go.Figure, title: str, height: int = 420) -> go.Figure:
-    fig.update_layout(title=title, height=height, template="plotly_white", margin=dict(t=60, l=60, r=20, b=50))
+    # a white look by hand: template="plotly_white" costs ~0.1 s per figure (plotly deep-copies the template)
+    fig.update_layout(title=title, height=height, plot_bgcolor="white", margin=dict(t=60, l=60, r=20, b=50))
+    fig.update_xaxes(showgrid=True, gridcolor="#e5e5e5", zerolinecolor="#ccc", linecolor="#999")
+    fig.update_yaxes(showgrid=True, gridcolor="#e5e5e5", zerolinecolor="#ccc", linecolor="#999")
     return fig
 
 
