@@ -25,7 +25,14 @@ from analysis import report, stats, tables
 from analysis.paper import load_paper, paper_table
 from analysis.runs import class_average, open_sweep, reported_runs
 from results import ResultsStore
-from tests.fixtures.analysis_store import ABLATION, CLASSES, build_digits_sweep, fake_row, write_fake_cifar10
+from tests.fixtures.analysis_store import (
+    ABLATION,
+    CLASSES,
+    build_digits_sweep,
+    fake_row,
+    write_fake_cifar10,
+    write_fake_mvtec_and_shanghaitech,
+)
 
 CHROMIUM = shutil.which("chromium") or ("/usr/bin/chromium" if Path("/usr/bin/chromium").exists() else None)
 # figures of the digits report: per-class AUC and maxBA, one ablation, CDFs soft and hard, search history and
@@ -209,7 +216,7 @@ def test_cifar10_tables_put_the_papers_numbers_beside_ours(tmp_path):
     assert one.loc["airplane", ("paper", "MOCCA (soft)", "mean")] == 0.626
     assert one.loc["airplane", ("paper", "MOCCA (soft)", "std")] == 0.021
     runs = sweep.runs
-    airplane = runs[(runs["config_key"] == "cfg-0-soft")]["test_auc"]
+    airplane = runs[(runs["config_key"] == "cfg-cifar10-0-soft")]["test_auc"]
     assert one.loc["airplane", ("ours", "MOCCA (soft)", "mean")] == pytest.approx(airplane.mean())
     assert one.loc["airplane", ("ours", "MOCCA (soft)", "n")] == 3
     assert math.isnan(one.loc["bird", ("ours", "MOCCA (soft)", "mean")])  # no runs: missing, never filled in
@@ -222,6 +229,27 @@ def test_cifar10_tables_put_the_papers_numbers_beside_ours(tmp_path):
     )
     markdown = tables.render(list(found.values()), "markdown")
     assert "paper · MOCCA (soft)" in markdown and "ours · MOCCA (soft)" in markdown and "0.626 ± 0.021" in markdown
+
+
+def test_mvtec_and_shanghaitech_tables_and_the_papers_ablation(tmp_path):
+    sweep = open_sweep(write_fake_mvtec_and_shanghaitech(str(tmp_path / "fake")).uri)
+    found = {t.key: t for t in tables.build_tables(sweep)}
+    assert {"mvtec/III", "mvtec/IV", "mvtec/V", "shanghaitech/VI", "mvtec/VII/2"} <= set(found)
+    three = found["mvtec/III"].data
+    assert len(three) == 15 and three.loc["leather", ("paper", "MOCCA (soft)", "mean")] == 0.96
+    assert three.loc["leather", ("ours", "MOCCA (soft)", "mean")] == pytest.approx(0.805)  # maxBA = AUC - 0.1
+    assert math.isnan(three.loc["carpet", ("ours", "MOCCA (soft)", "mean")])
+    six = found["shanghaitech/VI"].data
+    assert six.loc["MOCCA (soft)", ("AUC", "paper", "mean")] == 0.730
+    assert six.loc["MOCCA (soft)", ("AUC", "ours", "mean")] == pytest.approx(0.705)
+    seven = found["mvtec/VII/2"].data
+    # the paper's seven layer sets first, then ours that the paper lacks; paper and ours side by side
+    assert list(seven.index) == list(paper_table("VII")["layers"].drop_duplicates()) + ["0,2"]
+    assert seven.loc["4,5,6", ("maxBA", "soft", "paper", "mean")] == 0.955
+    assert seven.loc["4,5,6", ("maxBA", "soft", "ours", "mean")] == pytest.approx(0.725)
+    assert seven.loc["4,5,6", ("maxBA", "soft", "ours", "n")] == 2
+    assert math.isnan(seven.loc["5,6", ("maxBA", "soft", "ours", "mean")])  # paper only: ours stays missing
+    assert "Table VII" in found["mvtec/VII/2"].caption
 
 
 def test_mixed_protocols_are_flagged(tmp_path):
