@@ -33,16 +33,7 @@ from plotly.offline import get_plotlyjs
 from plotly.subplots import make_subplots
 
 from analysis.runs import METRICS, Sweep, label_order, method_label, open_sweep, reported_runs
-from analysis.tables import (
-    DATASET_NAMES,
-    PLANS,
-    TABLE_CSS,
-    Table,
-    ablation_tables,
-    build_tables,
-    html_fragment,
-    per_class_table,
-)
+from analysis.tables import DATASET_NAMES, TABLE_CSS, Table, build_tables, html_fragment
 from results import StoreError
 from results.store import open_filesystem
 
@@ -77,35 +68,29 @@ def _style(fig: go.Figure, title: str, height: int = 420) -> go.Figure:
 
 
 # -- per-class comparison ---------------------------------------------------------------------------------------------
-def comparison_figures(reported: pd.DataFrame, dataset: str) -> list[go.Figure]:
-    """Bars of our per-class metric (error bars = std over seeds) beside the paper's markers, per metric."""
-    figures = []
-    plan = PLANS.get(dataset)
-    metrics = [(m, key) for kind, m, key in plan if kind == "per_class"] if plan else [("auc", None), ("max_ba", None)]
-    for metric, paper_key in metrics:
-        table = per_class_table(reported, dataset, metric, paper_key)
-        data, fig = table.data, go.Figure()
-        classes = [str(c) for c in data.index]
-        for i, label in enumerate(label_order(reported.loc[reported["dataset"] == dataset, "label"])):
-            if ("ours", label, "mean") not in data:
-                continue
-            fig.add_bar(
-                name=f"ours: {label}", x=classes, y=data[("ours", label, "mean")],
-                error_y=dict(type="data", array=data[("ours", label, "std")].fillna(0)),
-                marker_color=PALETTE[i % len(PALETTE)],
-            )  # fmt: skip
-        for j, method in enumerate(m for m in dict.fromkeys(c[1] for c in data.columns if c[0] == "paper")):
-            if not method.startswith(("MOCCA", "DeepSVDD")):
-                continue  # the other published methods are in the table; the figure keeps to MOCCA and DeepSVDD
-            fig.add_scatter(
-                name=f"paper: {method}", x=classes, y=data[("paper", method, "mean")], mode="markers",
-                marker=dict(symbol="diamond" if "MOCCA" in method else "x", size=10, color=PALETTE[j % len(PALETTE)],
-                            line=dict(width=1, color="black")),
-            )  # fmt: skip
-        fig.update_layout(barmode="group", yaxis_title=f"test {METRICS[metric]}", xaxis_title="normal class")
-        fig.update_xaxes(type="category")  # digits' classes are "0".."9": keep them categories, not numbers
-        figures.append(_style(fig, f"{DATASET_NAMES.get(dataset, dataset)}: test {METRICS[metric]} per class"))
-    return figures
+def comparison_figure(table: Table, labels: list[str]) -> go.Figure:
+    """Bars of our per-class metric (error bars = std over seeds) beside the paper's MOCCA and DeepSVDD markers."""
+    data, fig = table.data, go.Figure()
+    classes = [str(c) for c in data.index]
+    for i, label in enumerate(labels):
+        if ("ours", label, "mean") not in data:
+            continue
+        fig.add_bar(
+            name=f"ours: {label}", x=classes, y=data[("ours", label, "mean")],
+            error_y=dict(type="data", array=data[("ours", label, "std")].fillna(0)),
+            marker_color=PALETTE[i % len(PALETTE)],
+        )  # fmt: skip
+    for j, method in enumerate(dict.fromkeys(c[1] for c in data.columns if c[0] == "paper")):
+        if not method.startswith(("MOCCA", "DeepSVDD")):
+            continue  # the other published methods are in the table; the figure keeps to MOCCA and DeepSVDD
+        fig.add_scatter(
+            name=f"paper: {method}", x=classes, y=data[("paper", method, "mean")], mode="markers",
+            marker=dict(symbol="diamond" if "MOCCA" in method else "x", size=10, color=PALETTE[j % len(PALETTE)],
+                        line=dict(width=1, color="black")),
+        )  # fmt: skip
+    fig.update_layout(barmode="group", yaxis_title=f"test {METRICS[table.metric]}", xaxis_title="normal class")
+    fig.update_xaxes(type="category")  # digits' classes are "0".."9": keep them categories, not numbers
+    return _style(fig, table.title)
 
 
 # -- ablation ---------------------------------------------------------------------------------------------------------
@@ -246,7 +231,7 @@ def search_figures(sweep: Sweep, dataset: str) -> list[go.Figure]:
     importance = go.Figure()
     for i, (cls, name) in enumerate(zip(classes["normal_class"], classes["class_name"], strict=True)):
         r, c = divmod(i, cols)
-        class_rows = rows[rows["normal_class"] == cls].sort_values("started_at")
+        class_rows = rows[rows["normal_class"] == cls].sort_values(["started_at", "ended_at"], kind="stable")
         for boundary, g in class_rows.groupby("boundary"):
             order = np.arange(1, len(g) + 1)
             color = BOUNDARY_COLORS.get(boundary, "#555")
@@ -342,9 +327,7 @@ def cost_section(sweep: Sweep) -> Section:
 # -- assembly ---------------------------------------------------------------------------------------------------------
 def build_sections(sweep: Sweep) -> list[Section]:
     reported = reported_runs(sweep)
-    datasets = sweep.datasets
-    sections = [Section("Tables and paired tests", tables=build_tables(sweep, reported=reported))]
-
+    all_tables = build_tables(sweep, reported=reported)
     comparison = Section(
         "Per-class comparison with the paper",
         "Our reported configurations (mean ± std over seeds) beside the paper's MOCCA and DeepSVDD.",
@@ -356,9 +339,13 @@ def build_sections(sweep: Sweep) -> list[Section]:
     search = Section("Optuna search", "Validation AUC of each search trial in run order, with the best so far; "
                      "fANOVA parameter importances per class (see the module docstring).")  # fmt: skip
     curves = Section("Training curves", "Per-epoch loss of both stages and the soft boundary's radius per layer.")
-    for dataset in datasets:
-        comparison.figures += comparison_figures(reported, dataset)
-        ablation.figures += [ablation_figure(t) for t in ablation_tables(sweep, dataset)]
+    for table in all_tables:
+        if table.kind == "per_class":
+            labels = label_order(reported.loc[reported["dataset"] == table.dataset, "label"])
+            comparison.figures.append(comparison_figure(table, labels))
+        elif table.kind == "ablation":
+            ablation.figures.append(ablation_figure(table))
+    for dataset in sweep.datasets:
         cdfs.figures += [f for b in ("soft", "hard") if (f := cdf_figure(sweep, reported, dataset, b)) is not None]
         search.figures += search_figures(sweep, dataset)
         if (fig := curve_figure(sweep, reported, dataset)) is not None:
@@ -368,7 +355,8 @@ def build_sections(sweep: Sweep) -> list[Section]:
     cdfs.empty = "No class has both a multi-layer model and its last-layer twin with stored scores yet."
     search.empty = "No search runs in this sweep."
     curves.empty = "No training curves stored for the reported MOCCA runs."
-    return [*sections, comparison, ablation, cdfs, search, curves, cost_section(sweep)]
+    tables = Section("Tables and paired tests", tables=all_tables)
+    return [tables, comparison, ablation, cdfs, search, curves, cost_section(sweep)]
 
 
 def render_html(sweep: Sweep, sections: list[Section]) -> str:

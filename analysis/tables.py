@@ -70,6 +70,9 @@ class Table:
     caption: str
     data: pd.DataFrame
     cells: bool = True
+    kind: str = ""  # per_class, means, ablation, ... (the report draws figures from the first and the third)
+    dataset: str = ""
+    metric: str = ""
 
 
 def _cell_frame(columns: dict[tuple, dict[str, float]], index: list[str], index_name: str) -> pd.DataFrame:
@@ -124,7 +127,8 @@ def per_class_table(reported: pd.DataFrame, dataset: str, metric: str, paper_key
     number = f"Table {paper_key}" if paper_key else "Table"
     title = f"{number} ({DATASET_NAMES.get(dataset, dataset)}): test {METRICS[metric]} per class"
     key = f"{dataset}/{paper_key or metric + '-per-class'}"
-    return Table(key, title, _captions(rows, paper_key), _cell_frame(cells, classes, "class"))
+    frame = _cell_frame(cells, classes, "class")
+    return Table(key, title, _captions(rows, paper_key), frame, kind="per_class", dataset=dataset, metric=metric)
 
 
 def means_table(reported: pd.DataFrame, dataset: str, metrics: tuple[str, ...], paper_key: str | None = None) -> Table:
@@ -157,7 +161,8 @@ def means_table(reported: pd.DataFrame, dataset: str, metrics: tuple[str, ...], 
         "compare with the paper only where the class count is complete."
     )
     key = f"{dataset}/{paper_key or 'means'}"
-    return Table(key, title, _captions(rows, paper_key, extra), _cell_frame(cells, methods, "method"))
+    frame = _cell_frame(cells, methods, "method")
+    return Table(key, title, _captions(rows, paper_key, extra), frame, kind="means", dataset=dataset)
 
 
 def ablation_tables(sweep: Sweep, dataset: str) -> list[Table]:
@@ -193,7 +198,8 @@ def ablation_tables(sweep: Sweep, dataset: str) -> list[Table]:
             f"configuration per boundary. {CELL_NOTE} {protocol_note(rows)}. {paper_note}",
         ])  # fmt: skip
         title = f"Table VII ({DATASET_NAMES.get(dataset, dataset)}, class {name}): layer ablation"
-        tables.append(Table(f"{dataset}/VII/{cls}", title, caption, _cell_frame(cells, layer_sets, "layers")))
+        frame = _cell_frame(cells, layer_sets, "layers")
+        tables.append(Table(f"{dataset}/VII/{cls}", title, caption, frame, kind="ablation", dataset=dataset))
     return tables
 
 
