@@ -489,6 +489,14 @@ class VideoSplit:
 def _on_device(key: tuple, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
     root, frame_size = key
     train, test = (_load_part(root, part, frame_size) for part in PARTS)
+    if device.type == "cuda":
+        need = train.frames.nbytes + test.frames.nbytes
+        free = torch.cuda.mem_get_info(device)[0]
+        if need > 0.8 * free:  # leave room for the model and its activations
+            raise DatasetError(
+                f"the frames need {need / 2**30:.1f} GiB on {device} but {free / 2**30:.1f} GiB are free: pass a "
+                "smaller frame_size in the data options (e.g. 128x256)"
+            )
     return train.frames.to(device), test.frames.to(device)
 
 
