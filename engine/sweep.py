@@ -17,6 +17,7 @@ with every run exactly once. `--fresh` deletes the sweep folder first.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import functools
 import logging
 import math
@@ -25,6 +26,7 @@ import sys
 import time
 from datetime import UTC, datetime
 
+import pyarrow.fs as pafs
 from ray.tune.search import Searcher
 
 from engine.data import DATASETS, DatasetError, class_names, load_split
@@ -39,11 +41,13 @@ from engine.plan import (
     run_and_store,
     seeds_plan,
     selection_name,
+    spec_from_config,
     summary_table,
     unique_pending,
 )
 from engine.trial import code_version
 from results import ResultsStore, StoreError
+from results.store import join_uri
 from search_spaces import get_space
 
 os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")  # no per-trial TensorBoard/CSV files
@@ -320,11 +324,39 @@ def resolve_args(args: argparse.Namespace):
 
 
 # -- Ray -----------------------------------------------------------------------------------------------------------
+def check_reachable(address: str, timeout: float = 5.0) -> None:
+    """Raise UsageError unless something listens at a cluster address: ray.init retries an unreachable address
+    forever (measured: still waiting after 6 minutes), so a plain TCP connect with a timeout goes first."""
+    import socket
+
+    target = address.removeprefix("ray://")
+    if target == "auto":
+        try:  # the address `ray start` recorded on this machine (None: ray.init itself fails fast)
+            from ray._private.services import canonicalize_bootstrap_address
+
+            target = canonicalize_bootstrap_address("auto")
+        except Exception:
+            target = None
+        if target is None:
+            return
+    host, sep, port = target.rpartition(":")
+    if not sep or not host or not port.isdigit():
+        raise UsageError(f"--address takes 'auto' or host:port (e.g. 10.0.0.5:6379), got {address!r}")
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=timeout).close()
+    except OSError as exc:
+        raise UsageError(
+            f"no Ray cluster answers at {address} ({exc}): start one with `ray start --head` or "
+            "`ray up cluster.yaml`, check the address and firewall, or drop --address to run locally"
+        ) from exc
+
+
 def start_ray(args: argparse.Namespace) -> None:
     import ray
 
     try:
         if args.address:
+            check_reachable(args.address)
             ray.init(address=args.address, logging_level=logging.WARNING, log_to_driver=False)
         else:
             ray.init(num_cpus=args.num_cpus, include_dashboard=False, logging_level=logging.WARNING,
@@ -338,12 +370,15 @@ def start_ray(args: argparse.Namespace) -> None:
 
 
 def capacity(args: argparse.Namespace) -> tuple[float, int]:
-    """(GPUs per run, runs the cluster holds at once)."""
+    """(GPUs per run, runs the cluster holds at once). On a cluster, --max-concurrent is taken as given: an
+    autoscaling cluster may have no GPU node yet, and the runs queued for it are what make the autoscaler add one."""
     import ray
 
     resources = ray.cluster_resources()
     cpus, gpus = resources.get("CPU", 1), resources.get("GPU", 0)
     gpus_per_run = args.gpus_per_run if args.gpus_per_run is not None else (1.0 if gpus else 0.0)
+    if args.address and args.max_concurrent:
+        return gpus_per_run, args.max_concurrent
     if gpus_per_run > 0 and gpus == 0:
         raise UsageError(f"--gpus-per-run {gpus_per_run} asks for GPUs but the cluster has none: use 0")
     slots = int(cpus // args.cpus_per_run)
@@ -471,16 +506,24 @@ class Runner:
 
 
 # -- the sweep -----------------------------------------------------------------------------------------------------
+def open_store(storage: str, name: str) -> ResultsStore:
+    """The sweep's store under `storage` (a path or a URI whose query, e.g. ?endpoint_override=..., is kept),
+    checked to be reachable so a wrong URI or missing credentials fail in one sentence before anything runs."""
+    store = ResultsStore(join_uri(storage, name))
+    store.check_reachable()
+    return store
+
+
 def prepare_store(args: argparse.Namespace, name: str) -> ResultsStore:
-    store = ResultsStore(f"{args.storage.rstrip('/')}/{name}")
+    store = open_store(args.storage, name)
     if args.fresh:
         store.delete()
     manifest = store.manifest()
     now = datetime.now(UTC).isoformat(timespec="seconds")
     settings = {"dataset": args.dataset, "budget": args.budget, "selection": args.selection}
     if manifest is None:
-        if store.exists() and any(True for _ in [store.done_keys()] if _):
-            raise UsageError(f"{store.uri} holds runs but no sweep.json: choose another --name")
+        if store.exists() and store.fs.get_file_info(pafs.FileSelector(store.root)):
+            raise UsageError(f"{store.uri} exists and is not a sweep folder (no sweep.json): choose another --name")
         manifest = {**settings, "name": name, "created_at": now, "code_version": code_version(), "history": []}
     else:
         for key, value in settings.items():
@@ -494,19 +537,23 @@ def prepare_store(args: argparse.Namespace, name: str) -> ResultsStore:
     return store
 
 
-def check_data(args: argparse.Namespace, classes: list[int], options) -> None:
-    """Load the first class in the driver, so a missing or malformed dataset fails before anything runs."""
-    load_split(args.dataset, classes[0], data_root=args.data_root, selection=args.selection, **dict(options))
+def check_data(ctx: SweepContext, classes: list[int]) -> None:
+    """Build and load the first class's run in the driver, with exactly the settings workers will use, so a
+    missing or malformed dataset fails before anything is written or started."""
+    spec = spec_from_config(ctx, {"normal_class": classes[0]}).validate()
+    load_split(spec.dataset, spec.normal_class, data_root=spec.data_root, selection=spec.selection,
+               **dict(spec.data_options))  # fmt: skip
 
 
 def run_sweep(args: argparse.Namespace) -> int:
     classes, boundaries, seeds, trials, options, name = resolve_args(args)
-    check_data(args, classes, options)
-    store = prepare_store(args, name)
     ctx = SweepContext(
-        dataset=args.dataset, store_uri=store.uri, sweep=name, budget=args.budget, selection=args.selection,
+        dataset=args.dataset, store_uri="", sweep=name, budget=args.budget, selection=args.selection,
         data_root=args.data_root, data_options=options, cpus_per_run=args.cpus_per_run,
     )  # fmt: skip
+    check_data(ctx, classes)
+    store = prepare_store(args, name)
+    ctx = dataclasses.replace(ctx, store_uri=store.uri)
     if args.retry_failed:
         _forget_failed(store)
     runner = Runner(ctx, store, args)

@@ -101,6 +101,15 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--precision", default="fp32", choices=("fp32", "bf16"), help="bf16 = autocast matmuls/convs")
     t.add_argument("--seed", type=int, default=0, help="seed of weights, shuffling and augmentation")
     t.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    t.add_argument(
+        "--memory-format",
+        default="auto",
+        choices=("auto", "contiguous", "channels_last"),
+        help="layout of images and conv weights; auto = the faster one measured for the device type",
+    )
+    t.add_argument(
+        "--compile", action="store_true", help="torch.compile the training steps (pays off over long or many runs)"
+    )
     o = p.add_argument_group("output")
     o.add_argument("--no-baselines", action="store_true", help="skip the OC-SVM and Isolation Forest baselines")
     o.add_argument("--json", action="store_true", help="print one JSON line per run instead of a table")
@@ -135,6 +144,8 @@ def spec_from_args(args: argparse.Namespace) -> TrialSpec:
         selection=args.selection,
         seed=args.seed,
         device=args.device,
+        memory_format=args.memory_format,
+        compile=args.compile,
         data_root=args.data_root,
         data_options=tuple(sorted(options.items())),
     )
@@ -145,7 +156,8 @@ def _fmt(value: float) -> str:
     return "  —  " if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.4f}"
 
 
-def print_result(result: TrialResult, out=sys.stdout) -> None:
+def print_result(result: TrialResult, out=None) -> None:
+    out = out or sys.stdout
     row = result.row
     name = "MOCCA" if row["method"] == "mocca" else {"ocsvm": "OC-SVM", "iforest": "IsolationForest"}[row["method"]]
     if row["method"] == "mocca":
