@@ -1,5 +1,5 @@
 # Set-up and the two entry points. `make demo` and `make test` work on a fresh clone with only Python 3.11.
-PYTHON ?= python3.11
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
@@ -16,8 +16,12 @@ $(STAMP): pyproject.toml | $(PY)
 	$(PY) -m pip install --quiet -e '.[test]'
 	touch $(STAMP)
 
+# a real sweep (search + seeds + baselines, every class) on the digits shipped with scikit-learn; run it again to
+# resume an interrupted one, DEMO_ARGS=--fresh to start over
 demo: $(STAMP)
-	$(PY) -m engine.train --dataset digits --normal-class 3
+	$(PY) -m engine.sweep digits --name demo $(DEMO_ARGS)
+	$(PY) -m analysis.tables sweeps/demo
+	$(PY) -m analysis.report sweeps/demo
 
 test: $(STAMP)
 	$(PY) -m pytest -q
