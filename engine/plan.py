@@ -148,7 +148,8 @@ def seeds_plan(dataset: str, classes, boundaries, seeds, selections: dict) -> li
             if params.get("layers", "") != last:
                 variants.append({**params, "layers": last})
             plan += [{**v, "normal_class": c, "seed": s, "mode": "seeds"} for v in variants for s in seeds]
-        plan += [{"method": m, "normal_class": c, "seed": s, "mode": "seeds"} for m in BASELINES for s in seeds]
+        baselines = getattr(space, "BASELINES", BASELINES)
+        plan += [{"method": m, "normal_class": c, "seed": s, "mode": "seeds"} for m in baselines for s in seeds]
     return plan
 
 

@@ -8,6 +8,8 @@ Every module defines:
     DEFAULT_TRIALS     {"smoke": n, "paper": n}: Optuna trials per (class, boundary)
     LAYER_SETS         the layer subsets the search may pick (tuples of encoder layer indices)
     ABLATION_LAYER_SETS the layer subsets the ablation trains (the paper's Table VII for MVTec)
+    NUM_LAYERS         encoder layers of the dataset's model; the last one is the "last layer only" twin
+    BASELINES          (optional) classic baselines the seeds phase trains; default ("ocsvm", "iforest")
     def fixed(budget, normal_class) -> dict      TrialSpec fields fixed for this class at this budget
     def define_search(trial, boundary=None) -> None   Optuna define-by-run: suggests ae_lr, oc_lr, nu, layers
                                                       (and boundary when it is None); module level so Ray can pickle it
