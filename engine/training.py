@@ -3,13 +3,21 @@
 Stage 1 trains the autoencoder on reconstruction. Stage 2 keeps the *trained* encoder (the reference never copies
 the weights over: bug 1) and trains it, in train mode so BatchNorm uses batch statistics (the reference leaves it in
 eval mode: bug 3), to pull each selected layer towards its centroid. Data stays on the device and batches are taken
-by index; the loop synchronises with the host once per epoch (loss, radii, divergence check), never per step.
+by index; the loop synchronises with the host once per epoch (loss, radii, divergence check), never per step:
+the running loss is summed on the device and the soft boundary's radius quantile is computed there too.
+
+Speed options, none of which changes what a run is (bench/ measures each): `precision` bf16 autocast;
+`memory_format` channels_last for the model and the resident data (`with_memory_format`); a compiled forward for
+stage 1 (pass the compiled module as `model`) and a compiled feature function for stage 2 (`features`), see
+engine/compiled.py.
 """
 
 from __future__ import annotations
 
 import contextlib
-from dataclasses import dataclass, field
+import functools
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
 
 import torch
 from torch import nn
@@ -18,6 +26,11 @@ from engine.data.base import OneClassSplit
 from engine.objective import centroids_from_mean, one_class_loss, squared_distances, updated_radii
 
 PRECISIONS = ("fp32", "bf16")
+MEMORY_FORMATS = ("auto", "contiguous", "channels_last")
+# what "auto" means per device type. CPU: measured by `make bench` on a 2-core AMD EPYC (oneDNN convolutions), see
+# bench/results/README.md. CUDA: channels_last (cuDNN's native layout for tensor-core convolutions); the GPU section
+# of `make bench` measures both.
+AUTO_MEMORY_FORMAT = {"cpu": "channels_last", "cuda": "channels_last"}
 
 
 class Diverged(RuntimeError):
@@ -50,6 +63,28 @@ def _autocast(device: torch.device, precision: str):
         return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
     assert precision == "fp32", precision
     return contextlib.nullcontext()
+
+
+def resolve_memory_format(option: str, device: torch.device) -> torch.memory_format:
+    """The memory format of an option in MEMORY_FORMATS on a device ("auto": AUTO_MEMORY_FORMAT, else contiguous)."""
+    assert option in MEMORY_FORMATS, option
+    if option == "auto":
+        option = AUTO_MEMORY_FORMAT.get(device.type, "contiguous")
+    return torch.channels_last if option == "channels_last" else torch.contiguous_format
+
+
+def with_memory_format(
+    model: nn.Module, split: OneClassSplit, memory_format: torch.memory_format
+) -> tuple[nn.Module, OneClassSplit]:
+    """The model (converted in place) and a split whose 4-D image tensors are in `memory_format`; batches taken by
+    index keep the layout, so the conversion is paid once per run, not per step. A no-op for contiguous data."""
+    model = model.to(memory_format=memory_format)
+
+    def convert(x: torch.Tensor) -> torch.Tensor:
+        return x.contiguous(memory_format=memory_format) if x.dim() == 4 else x
+
+    split = replace(split, x_train=convert(split.x_train), x_val=convert(split.x_val), x_test=convert(split.x_test))
+    return model, split
 
 
 def batch_indices(n: int, batch_size: int, generator: torch.Generator, device: torch.device) -> list[torch.Tensor]:
@@ -138,9 +173,14 @@ def train_one_class(
     warmup_epochs: int = 10,
     centroid_eps: float | None = 0.1,
     precision: str = "fp32",
+    features: Callable[[torch.Tensor], list[torch.Tensor]] | None = None,
 ) -> OneClassModel:
     """Stage 2 on the encoder as given (carry the stage-1 weights in before calling). Soft boundary: radii are
-    the per-batch (1 - nu)-quantile of the layer distances after each step from epoch `warmup_epochs` on."""
+    the per-batch (1 - nu)-quantile of the layer distances after each step from epoch `warmup_epochs` on.
+    `features(x)` gives the selected layers' vectors of a training batch (default `encoder.features(x, layers)`;
+    a compiled twin of the same encoder when compiling)."""
+    if features is None:
+        features = functools.partial(encoder.features, layers=layers)
     device = split.x_train.device
     centroids = centroids_from_mean(layer_means(encoder, split, layers, cfg.batch_size, generator), centroid_eps)
     radii = torch.zeros(len(layers), device=device)
@@ -154,7 +194,7 @@ def train_one_class(
         for idx in batches:
             x = training_batch(split, idx, generator)
             with _autocast(device, precision):
-                feats = encoder.features(x, layers)
+                feats = features(x)
             dist = squared_distances([f.float() for f in feats], centroids)  # (L, B)
             loss = one_class_loss(dist, radii, nu, boundary)
             opt.zero_grad(set_to_none=True)

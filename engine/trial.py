@@ -29,24 +29,29 @@ import pandas as pd
 import torch
 
 from engine import __version__
+from engine.compiled import compiled_model
 from engine.data import OneClassSplit, class_names, dataset_module, load_split
 from engine.metrics import max_balanced_accuracy, roc_auc
 from engine.models import create_model, model_options
 from engine.objective import BOUNDARIES, layer_scores
 from engine.training import (
+    MEMORY_FORMATS,
     PRECISIONS,
     Diverged,
     OneClassModel,
     StageConfig,
+    resolve_memory_format,
     test_distances,
     train_autoencoder,
     train_one_class,
+    with_memory_format,
 )
 
 METHODS = ("mocca", "ocsvm", "iforest")
 BASELINES = ("ocsvm", "iforest")
 KEY_VERSION = "1"  # bump when a change makes old results incomparable; it is part of every run key
-NOT_IN_KEY = ("data_root", "device")  # where the data lives and where it runs do not change what the run is
+# where the data lives, where it runs and how fast (layout, compilation) do not change what the run is
+NOT_IN_KEY = ("data_root", "device", "memory_format", "compile")
 
 
 @dataclass(frozen=True)
@@ -79,6 +84,8 @@ class TrialSpec:
     data_options: tuple[tuple[str, object], ...] = ()  # dataset-specific settings, e.g. (("image_size", 64),)
     data_root: str | None = None
     device: str = "auto"
+    memory_format: str = "auto"  # auto (per device type, engine.training.AUTO_MEMORY_FORMAT), contiguous, channels_last
+    compile: bool = False  # torch.compile the training steps, compiled once per process (engine/compiled.py)
 
     def validate(self) -> TrialSpec:
         """Raise ValueError with a one-sentence fix for a value out of range; returns self for chaining."""
@@ -90,6 +97,7 @@ class TrialSpec:
             (self.boundary in BOUNDARIES, f"boundary must be one of {', '.join(BOUNDARIES)}"),
             (0 < self.nu <= 1, f"nu must lie in (0, 1], got {self.nu}"),
             (self.precision in PRECISIONS, f"precision must be one of {', '.join(PRECISIONS)}"),
+            (self.memory_format in MEMORY_FORMATS, f"memory format must be one of {', '.join(MEMORY_FORMATS)}"),
             (self.selection in ("val", "test"), "selection must be 'val' or 'test'"),
             (self.batch_size >= 2, "batch size must be at least 2"),
             (self.ae_epochs >= 0 and self.oc_epochs >= 0, "epochs cannot be negative"),
@@ -275,13 +283,18 @@ def _mocca(spec: TrialSpec, split: OneClassSplit, generator: torch.Generator, ti
     model_kwargs = {"in_channels": split.x_train.shape[1], **spec.model_kwargs()}
     if "input_size" in model_options(spec.model_name):  # sized by the data (MVTec: image or texture patch side)
         model_kwargs["input_size"] = split.input_shape[-1]
-    ae = create_model(spec.model_name, **model_kwargs)
-    ae = ae.to(split.x_train.device)
+    device = split.x_train.device
+    memory_format = resolve_memory_format(spec.memory_format, device)
+    ae, split = with_memory_format(create_model(spec.model_name, **model_kwargs).to(device), split, memory_format)
+    forward, features = ae, None  # what the training steps call: eager unless compiled
+    if spec.compile:  # one compiled instance per architecture and process, given this run's fresh weights
+        compiled = compiled_model(ae, (spec.model_name, model_kwargs), device, memory_format)
+        ae, forward, features = compiled.model, compiled.forward, compiled.features(layers)
     ae_cfg = StageConfig(spec.ae_epochs, spec.ae_lr, spec.ae_weight_decay, spec.ae_milestones, spec.batch_size)
     oc_cfg = StageConfig(spec.oc_epochs, spec.oc_lr, spec.oc_weight_decay, spec.oc_milestones, spec.batch_size)
 
     t = time.perf_counter()
-    curves = train_autoencoder(ae, split, ae_cfg, generator, spec.precision)
+    curves = train_autoencoder(forward, split, ae_cfg, generator, spec.precision)
     timings["autoencoder_s"] = time.perf_counter() - t
 
     t = time.perf_counter()
@@ -289,6 +302,7 @@ def _mocca(spec: TrialSpec, split: OneClassSplit, generator: torch.Generator, ti
     state: OneClassModel = train_one_class(
         encoder, split, layers, spec.boundary, spec.nu, oc_cfg, generator,
         warmup_epochs=spec.warmup_epochs, centroid_eps=spec.centroid_eps, precision=spec.precision,
+        features=features,
     )  # fmt: skip
     timings["one_class_s"] = time.perf_counter() - t
 
