@@ -101,6 +101,12 @@ def _class_rows(reported: pd.DataFrame, paper: pd.DataFrame) -> list[str]:
     return list(dict.fromkeys([*paper["class_name"].tolist(), *ours]))
 
 
+def _table_name(dataset: str, paper_key: str | None) -> str:
+    """The table's name: "Table I (CIFAR-10)" where the paper has that table, else the dataset's name."""
+    name = DATASET_NAMES.get(dataset, dataset)
+    return f"Table {paper_key} ({name})" if paper_key else name
+
+
 def _captions(reported: pd.DataFrame, paper_key: str | None, extra: str = "") -> str:
     paper = f"Paper columns: Table {paper_key} ({PAPER_REF})." if paper_key else PAPER_NONE
     twin = (
@@ -124,8 +130,7 @@ def per_class_table(reported: pd.DataFrame, dataset: str, metric: str, paper_key
     for label in label_order(rows["label"]):
         for name in classes:
             cells[("ours", label, name)] = summarize(groups.get((label, name), rows.iloc[:0]), f"test_{metric}")
-    number = f"Table {paper_key}" if paper_key else "Table"
-    title = f"{number} ({DATASET_NAMES.get(dataset, dataset)}): test {METRICS[metric]} per class"
+    title = f"{_table_name(dataset, paper_key)}: test {METRICS[metric]} per class"
     key = f"{dataset}/{paper_key or metric + '-per-class'}"
     frame = _cell_frame(cells, classes, "class")
     return Table(key, title, _captions(rows, paper_key), frame, kind="per_class", dataset=dataset, metric=metric)
@@ -152,9 +157,8 @@ def means_table(reported: pd.DataFrame, dataset: str, metrics: tuple[str, ...], 
                 "n_min": min(seeds, default=math.nan), "n_max": max(seeds, default=math.nan),
                 "failed": sum(c["failed"] for c in per_class), "diverged": sum(c["diverged"] for c in per_class),
             }  # fmt: skip
-    number = f"Table {paper_key}" if paper_key else "Table"
     names = " and ".join(METRICS[m] for m in metrics)
-    title = f"{number} ({DATASET_NAMES.get(dataset, dataset)}): mean test {names} over classes"
+    title = f"{_table_name(dataset, paper_key)}: mean test {names} over classes"
     extra = (
         "Ours: mean over the classes that have results of the per-class mean, ± its standard error over classes "
         "(std with ddof 0 / sqrt(classes), the convention that reproduces the paper's Table II from its Table I); "
