@@ -37,6 +37,18 @@ class StoreError(RuntimeError):
     """A problem with a results folder that the user can fix; the message says how."""
 
 
+def join_uri(root: str, *parts: str) -> str:
+    """`root` with path parts appended; a URI keeps its query, which pyarrow reads as filesystem options:
+
+    >>> join_uri("s3://bucket/sweeps?endpoint_override=127.0.0.1:9000&scheme=http", "digits")
+    's3://bucket/sweeps/digits?endpoint_override=127.0.0.1:9000&scheme=http'
+    >>> join_uri("sweeps/", "digits")
+    'sweeps/digits'
+    """
+    base, sep, query = root.partition("?") if "://" in root else (root, "", "")
+    return "/".join([base.rstrip("/"), *(p.strip("/") for p in parts)]) + sep + query
+
+
 def open_filesystem(root: str) -> tuple[pafs.FileSystem, str]:
     """(filesystem, path inside it) for a local path or a URI such as s3://bucket/prefix."""
     if "://" in root and not root.startswith("file://"):
@@ -71,6 +83,29 @@ class ResultsStore:
 
     def exists(self) -> bool:
         return self.fs.get_file_info(self.root).type == pafs.FileType.Directory
+
+    def check_reachable(self) -> None:
+        """Raise StoreError when the storage cannot be reached (endpoint, credentials) or its bucket is missing, so a
+        sweep fails in one sentence before it starts anything instead of in every worker."""
+        try:
+            kind = self.fs.get_file_info(self.root).type
+            if kind == pafs.FileType.File:
+                raise StoreError(f"storage {self.uri!r} is a file, not a folder: pass another --storage or --name")
+            if self.fs.type_name == "local":
+                folder = self.root  # the folder itself or the nearest existing one above it, where it will be made
+                while not os.path.exists(folder):
+                    folder = os.path.dirname(folder)
+                if not os.path.isdir(folder) or not os.access(folder, os.W_OK):
+                    raise StoreError(f"cannot write storage {self.uri!r} in {folder}: pass a --storage folder you own")
+            elif kind == pafs.FileType.NotFound and self.fs.type_name in ("s3", "gcs"):
+                bucket = self.root.split("/", 1)[0]
+                if self.fs.get_file_info(bucket).type == pafs.FileType.NotFound:
+                    raise StoreError(f"bucket {bucket!r} of storage {self.uri!r} does not exist: create it first")
+        except OSError as exc:
+            reason = str(exc).splitlines()[0][:200]
+            raise StoreError(
+                f"cannot reach storage {self.uri!r} ({reason}): check the URI, its endpoint and your credentials"
+            ) from exc
 
     # -- atomic writes -------------------------------------------------------------------------------------------
     def _write_bytes(self, relative: str, payload: bytes) -> None:
@@ -121,7 +156,7 @@ class ResultsStore:
         """The stored row of run `key`, or None when it is not in the store."""
         if not self.has_run(key):
             return None
-        return self._read_table(self._path("runs", f"{key}.parquet")).cast(RUN_SCHEMA).to_pylist()[0]
+        return self._conform(self._path("runs", f"{key}.parquet")).to_pylist()[0]
 
     def done_keys(self) -> set[str]:
         return {i.base_name.removesuffix(".parquet") for i in self._list("runs", ".parquet")}
@@ -135,9 +170,21 @@ class ResultsStore:
                 f"{path} is not a readable Parquet file ({exc}): delete it and re-run the sweep to recompute that run"
             ) from exc
 
+    def _conform(self, path: str) -> pa.Table:
+        """A stored run row with RUN_SCHEMA's columns: a column added to the schema after the file was written is
+        filled with nulls, so sweeps written by older versions stay readable."""
+        table = self._read_table(path)
+        for field in RUN_SCHEMA:
+            if field.name not in table.column_names:
+                table = table.append_column(field, pa.nulls(len(table), field.type))
+        try:
+            return table.select(RUN_SCHEMA.names).cast(RUN_SCHEMA)
+        except (pa.ArrowException, ValueError) as exc:
+            raise StoreError(f"{path} does not match the run schema ({exc}): delete it and re-run the sweep") from exc
+
     def load(self) -> pd.DataFrame:
         """Every run of the sweep as one DataFrame with RUN_SCHEMA's columns (empty when there are none)."""
-        tables = [self._read_table(i.path).cast(RUN_SCHEMA) for i in self._list("runs", ".parquet")]
+        tables = [self._conform(i.path) for i in self._list("runs", ".parquet")]
         table = pa.concat_tables(tables) if tables else RUN_SCHEMA.empty_table()
         return table.to_pandas()
 
