@@ -12,11 +12,17 @@ subset of the search space with every seed. Every run becomes rows in the result
 Resume: the same command again. Search experiments are restored from `tune/`; a run whose key is already in the
 store is never trained again (workers check the store before training), so a sweep killed at any moment completes
 with every run exactly once. `--fresh` deletes the sweep folder first.
+
+A run is a Tune function trainable (`tune_run`) holding its CPUs and GPUs; with `--workers-per-run` W > 1 it is a
+Ray Train TorchTrainer of W data-parallel workers (`tune_run_distributed`, training code in engine/distributed.py)
+started inside a Tune function trainable, since Ray 2.60's Tuner no longer takes a trainer. The plain trainable is
+the default: bench/trainer_overhead.py measures the trainer's extra cost per run.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import functools
 import logging
@@ -29,7 +35,8 @@ from datetime import UTC, datetime
 import pyarrow.fs as pafs
 from ray.tune.search import Searcher
 
-from engine.data import DATASETS, DatasetError, class_names, load_split
+from engine.cli import Parser
+from engine.data import DATASETS, DatasetError, class_names, dataset_module, load_split
 from engine.data.base import resolve_class
 from engine.plan import (
     MODES,
@@ -42,6 +49,8 @@ from engine.plan import (
     seeds_plan,
     selection_name,
     spec_from_config,
+    store_failure,
+    stored_run,
     summary_table,
     unique_pending,
 )
@@ -71,6 +80,75 @@ def tune_run(config: dict, context: SweepContext) -> None:
     row, trained = run_and_store(
         config, context, node_id=ray.get_runtime_context().get_node_id(), trial_id=tune.get_context().get_trial_id()
     )
+    _report(row, trained)
+
+
+def tune_run_distributed(config: dict, context: SweepContext, workers: int, cpus: float, gpus: float) -> None:
+    """Function trainable of a data-parallel run: a Ray Train TorchTrainer of `workers` processes, each holding
+    `cpus` CPUs and `gpus` GPUs (gloo on CPUs, NCCL on GPUs), trains and stores the run; reported to Tune once.
+
+    A stored run is reported without starting the trainer. A run whose code raised becomes a `failed` row, as
+    in `tune_run`; a worker that died (an error from Ray itself) fails the trial, which Tune then retries.
+    """
+    from ray import train, tune
+    from ray.train.torch import TorchConfig, TorchTrainer
+
+    config = config.get("run", config)
+    trial_id = tune.get_context().get_trial_id()
+    row = stored_run(config, context)
+    if row is not None:
+        return _report(row, False)
+    store = ResultsStore(context.store_uri)
+    storage = f"{store.root}/tune/train"  # Ray Train's run folder: a storage marker only (no checkpoints)
+    resources = {"CPU": cpus, "GPU": gpus} if gpus else {"CPU": cpus}
+    trainer = TorchTrainer(
+        train_worker,
+        train_loop_config={"run": config, "context": context, "trial_id": trial_id},
+        torch_config=TorchConfig(backend="nccl" if gpus else "gloo"),
+        scaling_config=train.ScalingConfig(num_workers=workers, use_gpu=bool(gpus), resources_per_worker=resources),
+        run_config=train.RunConfig(
+            name=trial_id, storage_path=storage, storage_filesystem=store.fs,
+            failure_config=train.FailureConfig(max_failures=0),  # retrying is Tune's job, and only after a crash
+        ),
+    )  # fmt: skip
+    try:
+        trainer.fit()
+    except train.WorkerGroupError as exc:
+        if any(type(error).__module__.startswith("ray.") for error in exc.worker_failures.values()):
+            raise  # a worker died or stopped answering: let Tune retry the trial
+        store_failure(config, context, _worker_error(exc.worker_failures), trial_id=trial_id)
+    finally:
+        with contextlib.suppress(OSError):
+            store.fs.delete_dir(f"{storage}/{trial_id}")
+    row = stored_run(config, context)
+    if row is None:
+        raise RuntimeError(f"the data-parallel run of trial {trial_id} ended without storing its row")
+    _report(row, row.get("trial_id") == trial_id)
+
+
+def train_worker(loop_config: dict) -> None:
+    """Ray Train's loop of one worker of a data-parallel run, inside the process group Ray Train set up: every
+    rank calls run_and_store, where rank 0 checks the store, every rank trains its shard and rank 0 writes."""
+    import ray
+    from ray.train.torch import get_device
+
+    context = dataclasses.replace(loop_config["context"], device=str(get_device()))  # this worker's GPU or the CPU
+    node_id = ray.get_runtime_context().get_node_id()
+    run_and_store(loop_config["run"], context, node_id=node_id, trial_id=loop_config["trial_id"])
+
+
+def _worker_error(failures: dict[int, BaseException]) -> BaseException:
+    """The error to store for a data-parallel run from its workers' errors: the error itself when every worker
+    raised the same one (a deterministic failure), else each rank's (one rank's error can break the others')."""
+    messages = {f"{type(e).__name__}: {e}" for e in failures.values()}
+    if len(messages) == 1:
+        return next(iter(failures.values()))
+    return RuntimeError("; ".join(f"rank {r}: {type(e).__name__}: {e}" for r, e in sorted(failures.items())))
+
+
+def _report(row: dict, trained: bool) -> None:
+    from ray import tune
+
     metrics = {k: row.get(k) for k in ("val_auc", "test_auc", "test_max_ba", "total_s")}
     metrics = {k: (float(v) if v is not None else math.nan) for k, v in metrics.items()}
     tune.report({**metrics, "status": row["status"], "run_key": row["run_key"], "trained": trained})
@@ -202,12 +280,11 @@ def build_searcher(dataset: str, studies: list[tuple[int, str]], trials: int, se
 
 
 # -- command line --------------------------------------------------------------------------------------------------
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+def build_parser() -> Parser:
+    p = Parser(
         prog="python -m engine.sweep",
         description="Search, seed and ablate MOCCA per class with Ray Tune + Optuna; every run lands in a Parquet "
         "results store; running the same command again resumes.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     p.add_argument("dataset", choices=sorted(DATASETS), help="dataset to sweep")
     p.add_argument("--data-root", help="folder holding the dataset (not needed for digits)")
@@ -251,17 +328,24 @@ def build_parser() -> argparse.ArgumentParser:
         help="Ray cluster to join ('auto' or host:port; default: RAY_ADDRESS or a new local Ray)",
     )
     p.add_argument("--num-cpus", type=int, help="CPUs of the local Ray (default: all); ignored with --address")
-    p.add_argument("--cpus-per-run", type=float, default=1.0, help="CPUs reserved by each run")
+    p.add_argument(
+        "--cpus-per-run",
+        type=float,
+        default=1.0,
+        help="CPUs reserved by each run (by each worker with --workers-per-run)",
+    )
     p.add_argument(
         "--gpus-per-run",
         type=float,
-        help="GPUs per run, fractions allowed (0.25 = four runs per GPU; default: 1 if the cluster has GPUs, else 0)",
+        help="GPUs per run, fractions allowed (0.25 = four runs per GPU; default: 1 if the cluster has GPUs, else 0); "
+        "per worker with --workers-per-run, then at least 1",
     )
     p.add_argument(
         "--workers-per-run",
         type=int,
         default=1,
-        help="data-parallel workers per run (Ray Train TorchTrainer inside the Tune trial) when > 1",
+        help="data-parallel worker processes per run; above 1 each run is a Ray Train TorchTrainer (DDP: gloo on CPUs, "
+        "NCCL on GPUs) inside its Tune trial, which costs seconds more per run (bench/trainer_overhead.py)",
     )
     p.add_argument("--max-concurrent", type=int, help="runs at once (default: what the cluster holds)")
     p.add_argument("--quiet", action="store_true", help="print only the final summary")
@@ -313,7 +397,15 @@ def resolve_args(args: argparse.Namespace):
     if args.workers_per_run < 1 or (args.max_concurrent is not None and args.max_concurrent < 1):
         raise UsageError("--workers-per-run and --max-concurrent must be at least 1")
     if args.workers_per_run > 1:
-        raise UsageError("--workers-per-run above 1 (data-parallel runs) is not available yet: use 1")
+        if getattr(dataset_module(args.dataset), "VIDEO", False):
+            raise UsageError(f"{args.dataset} runs train with a loop of their own that is not data-parallel: "
+                             "use --workers-per-run 1")  # fmt: skip
+        cpus = args.num_cpus or os.cpu_count() or 1
+        if not args.address and args.workers_per_run * args.cpus_per_run > cpus:
+            raise UsageError(
+                f"--workers-per-run {args.workers_per_run} x --cpus-per-run {args.cpus_per_run:g} needs more CPUs "
+                f"than the local Ray's {cpus}: lower either, or raise --num-cpus"
+            )
     options = dict(_parse_options(args.data_option))
     if args.custom_dataset:
         options["custom"] = True
@@ -370,22 +462,34 @@ def start_ray(args: argparse.Namespace) -> None:
 
 
 def capacity(args: argparse.Namespace) -> tuple[float, int]:
-    """(GPUs per run, runs the cluster holds at once). On a cluster, --max-concurrent is taken as given: an
-    autoscaling cluster may have no GPU node yet, and the runs queued for it are what make the autoscaler add one."""
+    """(GPUs per run, or per worker of a data-parallel run; runs the cluster holds at once). On a cluster,
+    --max-concurrent is taken as given: an autoscaling cluster may have no GPU node yet, and the runs queued for it
+    are what make the autoscaler add one."""
     import ray
 
     resources = ray.cluster_resources()
     cpus, gpus = resources.get("CPU", 1), resources.get("GPU", 0)
     gpus_per_run = args.gpus_per_run if args.gpus_per_run is not None else (1.0 if gpus else 0.0)
+    workers = args.workers_per_run
+    if workers > 1 and 0 < gpus_per_run < 1:
+        raise UsageError(
+            f"--gpus-per-run {gpus_per_run:g} could put two workers of one data-parallel run on one GPU, which NCCL "
+            "refuses: give each worker at least 1 GPU or use --workers-per-run 1"
+        )
     if args.address and args.max_concurrent:
         return gpus_per_run, args.max_concurrent
     if gpus_per_run > 0 and gpus == 0:
         raise UsageError(f"--gpus-per-run {gpus_per_run} asks for GPUs but the cluster has none: use 0")
-    slots = int(cpus // args.cpus_per_run)
-    if gpus_per_run > 0:
-        slots = min(slots, int(gpus // gpus_per_run))
+    per_worker = "" if workers == 1 else f" ({workers} workers)"
+    slots = int(cpus // (args.cpus_per_run * workers))
     if slots < 1:
-        raise UsageError(f"one run needs {args.cpus_per_run} CPUs but the cluster has {cpus}: lower --cpus-per-run")
+        raise UsageError(f"one run{per_worker} needs {args.cpus_per_run * workers:g} CPUs but the cluster has "
+                         f"{cpus:g}: lower --cpus-per-run or --workers-per-run")  # fmt: skip
+    if gpus_per_run > 0:
+        slots = min(slots, int(gpus // (gpus_per_run * workers)))
+        if slots < 1:
+            raise UsageError(f"one run{per_worker} needs {gpus_per_run * workers:g} GPUs but the cluster has "
+                             f"{gpus:g}: lower --gpus-per-run or --workers-per-run")  # fmt: skip
     return gpus_per_run, args.max_concurrent or slots
 
 
@@ -448,8 +552,16 @@ class Runner:
         start_ray(self.args)
         self.started = True
         gpus_per_run, self.slots = capacity(self.args)
-        trainable = tune.with_parameters(tune_run, context=self.ctx)
-        self.trainable = tune.with_resources(trainable, {"cpu": self.args.cpus_per_run, "gpu": gpus_per_run})
+        if self.args.workers_per_run > 1:
+            trainable = tune.with_parameters(tune_run_distributed, context=self.ctx, workers=self.args.workers_per_run,
+                                             cpus=self.args.cpus_per_run, gpus=gpus_per_run)  # fmt: skip
+            # the trial only waits for its trainer, whose workers hold the run's CPUs and GPUs: were the trial to
+            # hold some too, a cluster full of trials would leave their trainers nothing (deadlock). Tune refuses an
+            # empty request, hence one byte of memory.
+            self.trainable = tune.with_resources(trainable, {"cpu": 0, "memory": 1})
+        else:
+            trainable = tune.with_parameters(tune_run, context=self.ctx)
+            self.trainable = tune.with_resources(trainable, {"cpu": self.args.cpus_per_run, "gpu": gpus_per_run})
 
     def close(self) -> None:
         if self.started:
@@ -549,11 +661,14 @@ def run_sweep(args: argparse.Namespace) -> int:
     classes, boundaries, seeds, trials, options, name = resolve_args(args)
     ctx = SweepContext(
         dataset=args.dataset, store_uri="", sweep=name, budget=args.budget, selection=args.selection,
-        data_root=args.data_root, data_options=options, cpus_per_run=args.cpus_per_run,
+        data_root=os.path.abspath(os.path.expanduser(args.data_root)) if args.data_root else None,
+        data_options=options, cpus_per_run=args.cpus_per_run,
     )  # fmt: skip
     check_data(ctx, classes)
     store = prepare_store(args, name)
-    ctx = dataclasses.replace(ctx, store_uri=store.uri)
+    # absolute paths: Ray Train starts its workers in a folder of their own
+    local = isinstance(store.fs, pafs.LocalFileSystem)
+    ctx = dataclasses.replace(ctx, store_uri=store.root if local else store.uri)
     if args.retry_failed:
         _forget_failed(store)
     runner = Runner(ctx, store, args)

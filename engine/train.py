@@ -15,6 +15,7 @@ import json
 import math
 import sys
 
+from engine.cli import Parser
 from engine.data import DATASETS, DatasetError, class_names, dataset_module
 from engine.data.base import resolve_class
 from engine.trial import BASELINES, TrialResult, TrialSpec, run_trial
@@ -42,11 +43,10 @@ def _option(text: str) -> tuple[str, object]:
         return key, value
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+def build_parser() -> Parser:
+    p = Parser(
         prog="python -m engine.train",
         description="Train and evaluate one MOCCA model (both stages) and the classic baselines on one class.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     d = p.add_argument_group("data")
     d.add_argument("--dataset", default="digits", choices=sorted(DATASETS), help="dataset")

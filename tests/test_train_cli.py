@@ -36,17 +36,26 @@ def test_json_lines(capsys):
         (["--dataset", "cifar10", "--data-root", "/nonexistent/cifar", "--normal-class", "cat"], "cifar-10-batches-py"),
     ],
 )
-def test_bad_input_exits_2_with_one_line(args, message):
-    proc = subprocess.run([sys.executable, "-m", "engine.train", *args], capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 2, proc.stderr
-    assert message in proc.stderr
-    assert "Traceback" not in proc.stderr
+def test_bad_input_exits_2_with_one_line(args, message, capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(args)
+    err = capsys.readouterr().err
+    assert exc.value.code == 2 and message in err, err
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
 
 
-def test_help_explains_every_flag():
-    proc = subprocess.run([sys.executable, "-m", "engine.train", "--help"], capture_output=True, text=True)
-    assert proc.returncode == 0
+def test_bad_input_from_a_shell_exits_2():
+    proc = subprocess.run([sys.executable, "-m", "engine.train", "--nu", "3"], capture_output=True, text=True,
+                          timeout=120)  # fmt: skip
+    assert proc.returncode == 2 and proc.stderr.strip() == "error: nu must lie in (0, 1], got 3.0"
+
+
+def test_help_explains_every_flag(capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["--help"])
+    assert exc.value.code == 0
+    out = capsys.readouterr().out
     flags = ("--dataset", "--data-root", "--normal-class", "--layers", "--boundary", "--nu", "--code-size",
              "--ae-epochs", "--oc-lr", "--ae-milestones", "--batch-size", "--seed", "--device", "--json")  # fmt: skip
     for flag in flags:
-        assert flag in proc.stdout
+        assert flag in out
