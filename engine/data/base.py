@@ -99,6 +99,36 @@ def carve_validation(
     return x_test[val_idx], y_test[val_idx], x_test[test_idx], y_test[test_idx]
 
 
+def min_max_split(
+    dataset: str,
+    classes: tuple[str, ...],
+    normal_class: int,
+    x_normal: torch.Tensor,
+    x_test: torch.Tensor,
+    test_classes: np.ndarray,
+    lo: float,
+    hi: float,
+    selection: str,
+    meta: dict,
+) -> OneClassSplit:
+    """The CIFAR-10-style split (digits uses it too): min-max scale train and test with the normal class's
+    constants, label test samples of other classes 1, carve the validation split stratified on the classes."""
+    labels = torch.from_numpy((test_classes != normal_class).astype(np.int64))  # 1 = anomaly
+    x_val, y_val, x_rest, y_rest = carve_validation(min_max_scale(x_test, lo, hi), labels, test_classes, selection)
+    return OneClassSplit(
+        dataset=dataset,
+        normal_class=normal_class,
+        class_name=classes[normal_class],
+        x_train=min_max_scale(x_normal, lo, hi),
+        x_val=x_val,
+        y_val=y_val,
+        x_test=x_rest,
+        y_test=y_rest,
+        selection=selection,
+        meta={"min": lo, "max": hi, **meta},
+    )
+
+
 def global_contrast_normalize_l1(x: torch.Tensor) -> torch.Tensor:
     """Per-sample L1 global contrast normalisation (METHOD.md 2.1), batched over dim 0.
 

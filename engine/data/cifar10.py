@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from engine.data.base import DatasetError, OneClassSplit, carve_validation, global_contrast_normalize_l1, min_max_scale
+from engine.data.base import DatasetError, OneClassSplit, global_contrast_normalize_l1, min_max_split
 
 CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 DEFAULT_MODEL = "lenet_cifar10"
@@ -281,18 +281,6 @@ def load(
     x_tr, y_tr, x_te, y_te = _decoded(str(folder), custom)
     x_normal = _to_gcn_tensor(x_tr[y_tr == normal_class])  # (N_c, 3, 32, 32)
     lo, hi, source = _scaling_constants(normal_class, x_normal, custom)
-    labels = torch.from_numpy((y_te != normal_class).astype(np.int64))  # 1 = anomaly
-    x_test = min_max_scale(_to_gcn_tensor(x_te), lo, hi)
-    x_val, y_val, x_test, y_test = carve_validation(x_test, labels, y_te, selection)
-    return OneClassSplit(
-        dataset="cifar10",
-        normal_class=normal_class,
-        class_name=CLASSES[normal_class],
-        x_train=min_max_scale(x_normal, lo, hi),
-        x_val=x_val,
-        y_val=y_val,
-        x_test=x_test,
-        y_test=y_test,
-        selection=selection,
-        meta={"min": lo, "max": hi, "constants": source, "custom": custom, "folder": str(folder)},
-    )
+    meta = {"constants": source, "custom": custom, "folder": str(folder)}
+    x_test = _to_gcn_tensor(x_te)
+    return min_max_split("cifar10", CLASSES, normal_class, x_normal, x_test, y_te, lo, hi, selection, meta)

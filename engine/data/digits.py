@@ -16,7 +16,7 @@ import torch
 from sklearn.datasets import load_digits
 from sklearn.model_selection import train_test_split
 
-from engine.data.base import OneClassSplit, carve_validation, global_contrast_normalize_l1, min_max_scale
+from engine.data.base import OneClassSplit, global_contrast_normalize_l1, min_max_split
 
 CLASSES = tuple(str(d) for d in range(10))
 DEFAULT_MODEL = "lenet_digits"
@@ -40,17 +40,4 @@ def load(normal_class: int, data_root: str | None = None, selection: str = "val"
     x_tr, y_tr, x_te, y_te = _raw()
     x_normal = x_tr[torch.from_numpy(y_tr == normal_class)]
     lo, hi = float(x_normal.min()), float(x_normal.max())
-    labels = torch.from_numpy((y_te != normal_class).astype(np.int64))
-    x_val, y_val, x_test, y_test = carve_validation(min_max_scale(x_te, lo, hi), labels, y_te, selection)
-    return OneClassSplit(
-        dataset="digits",
-        normal_class=normal_class,
-        class_name=CLASSES[normal_class],
-        x_train=min_max_scale(x_normal, lo, hi),
-        x_val=x_val,
-        y_val=y_val,
-        x_test=x_test,
-        y_test=y_test,
-        selection=selection,
-        meta={"min": lo, "max": hi},
-    )
+    return min_max_split("digits", CLASSES, normal_class, x_normal, x_te, y_te, lo, hi, selection, meta={})
