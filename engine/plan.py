@@ -18,6 +18,7 @@ from dataclasses import dataclass
 import pandas as pd
 import torch
 
+from engine import distributed
 from engine.data import class_names
 from engine.trial import BASELINES, TrialResult, TrialSpec, failed_row, run_key, run_trial
 from results import ResultsStore
@@ -75,31 +76,64 @@ def _log_training(key: str) -> None:
             f.write(f"{key} {os.getpid()} {time.time():.3f}\n")
 
 
-def run_and_store(config: dict, ctx: SweepContext, node_id: str = "", trial_id: str = "") -> tuple[dict, bool]:
+def run_and_store(config: dict, ctx: SweepContext, node_id: str = "", trial_id: str = "") -> tuple[dict | None, bool]:
     """Train the run unless its key is already stored; store it; return (row, trained).
 
     Any error inside the run becomes a row with status `failed` (the sweep goes on); divergence becomes
     `diverged` inside run_trial. Re-running after a crash therefore never trains a stored run again.
+
+    A data-parallel run (a torch.distributed process group of several processes, engine/distributed.py) calls
+    this on every rank: rank 0 reads the store and tells the others whether to train, every rank trains its
+    shard, rank 0 alone scores and writes the row; the other ranks return (None, trained). There an error is
+    raised instead of stored, on every rank that hits it, so the group fails as a whole rather than leaving ranks
+    waiting on one that gave up; the driver stores it (`store_failure`).
     """
     spec = spec_from_config(ctx, config)
     store = ResultsStore(ctx.store_uri)
     key = run_key(spec)
-    stored = store.read_run(key)
-    if stored is not None:
+    main = distributed.is_main_process()
+    stored = store.read_run(key) if main else None
+    if distributed.broadcast_object(stored is not None):
         return stored, False
     torch.set_num_threads(max(1, int(ctx.cpus_per_run)))
-    _log_training(key)
+    if main:
+        _log_training(key)
     try:
         _maybe_inject_failure(spec)
         result = run_trial(spec)
     except Exception as exc:  # a failed run is data, not a crash of the sweep
+        if distributed.active():
+            raise
         result = TrialResult(row=failed_row(spec, exc))
+    if not main:
+        return None, True
+    _store_row(store, result, config, ctx, node_id, trial_id)
+    return result.row, True
+
+
+def stored_run(config: dict, ctx: SweepContext) -> dict | None:
+    """The stored row of a run config, or None."""
+    return ResultsStore(ctx.store_uri).read_run(run_key(spec_from_config(ctx, config)))
+
+
+def store_failure(config: dict, ctx: SweepContext, error: BaseException, node_id: str = "", trial_id: str = "") -> dict:
+    """Store a run that failed outside `run_and_store` (a data-parallel run whose process group failed) as a row
+    with status `failed`, unless the store already holds the run; return the stored row."""
+    stored = stored_run(config, ctx)
+    if stored is not None:
+        return stored
+    result = TrialResult(row=failed_row(spec_from_config(ctx, config), error))
+    _store_row(ResultsStore(ctx.store_uri), result, config, ctx, node_id, trial_id)
+    return result.row
+
+
+def _store_row(store: ResultsStore, result: TrialResult, config: dict, ctx: SweepContext, node_id: str,
+               trial_id: str) -> None:  # fmt: skip
     result.row.update(
         sweep=ctx.sweep, mode=config.get("mode", "single"), node_id=node_id, trial_id=trial_id,
         params=_searched_params(config),
     )  # fmt: skip
     store.write_run(result.row, result.scores, result.curves)
-    return result.row, True
 
 
 # -- plans ---------------------------------------------------------------------------------------------------------

@@ -10,6 +10,10 @@ Speed options, none of which changes what a run is (bench/ measures each): `prec
 `memory_format` channels_last for the model and the resident data (`with_memory_format`); a compiled forward for
 stage 1 (pass the compiled module as `model`) and a compiled feature function for stage 2 (`features`), see
 engine/compiled.py.
+
+Data-parallel runs (several processes under a torch.distributed process group) shard every batch over the ranks
+and agree on centroids, radii and losses through engine/distributed.py; without a process group those helpers
+return their inputs untouched, so a single-process run is unchanged.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ from dataclasses import dataclass, field, replace
 import torch
 from torch import nn
 
+from engine import distributed
 from engine.data.base import OneClassSplit
 from engine.objective import centroids_from_mean, one_class_loss, squared_distances, updated_radii
 
@@ -88,10 +93,11 @@ def with_memory_format(
 
 
 def batch_indices(n: int, batch_size: int, generator: torch.Generator, device: torch.device) -> list[torch.Tensor]:
-    """A shuffled epoch as index tensors on `device`; a trailing batch of one is dropped (BatchNorm needs two)."""
+    """A shuffled epoch as index tensors on `device`; a trailing batch too small to give every rank two samples
+    is dropped (BatchNorm needs two; one process: a trailing batch of one)."""
     perm = torch.randperm(n, generator=generator).to(device, non_blocking=True)
     batches = list(perm.split(batch_size))
-    if len(batches) > 1 and len(batches[-1]) < 2:
+    if len(batches) > 1 and len(batches[-1]) < 2 * distributed.world_size():
         batches.pop()
     return batches
 
@@ -127,22 +133,24 @@ def train_autoencoder(
     device = split.x_train.device
     opt, sched = _optimiser(model.parameters(), cfg)
     model.train()
+    step_model, augment = distributed.data_parallel(model), distributed.rank_generator(generator)
     curves = []
     for epoch in range(cfg.epochs):
         total = torch.zeros((), device=device)
         batches = batch_indices(len(split.x_train), cfg.batch_size, generator, device)
         for idx in batches:
-            x = training_batch(split, idx, generator)
+            x = training_batch(split, distributed.shard(idx), augment)
             with _autocast(device, precision):
-                loss = reconstruction_loss(model(x), x)
+                loss = reconstruction_loss(step_model(x), x)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
             total += loss.detach()
-        epoch_loss = total.item() / len(batches)
+        epoch_loss = distributed.all_reduce_mean(total).item() / len(batches)
         _check_finite(epoch_loss, "autoencoder", epoch)
         curves.append({"stage": "autoencoder", "epoch": epoch, "loss": epoch_loss, "lr": sched.get_last_lr()[0]})
         sched.step()
+    distributed.broadcast_state(model)
     return curves
 
 
@@ -150,16 +158,17 @@ def train_autoencoder(
 def layer_means(
     encoder: nn.Module, split: OneClassSplit, layers: tuple[int, ...], batch_size: int, generator: torch.Generator
 ) -> list[torch.Tensor]:
-    """Mean layer vector over all training data, in eval mode (the centroids before the near-zero rule)."""
+    """Mean layer vector over all training data, in eval mode (the centroids before the near-zero rule); in a
+    data-parallel run each rank sums its shard of the data and the sums are added up."""
     encoder.eval()
     sums: list[torch.Tensor] | None = None
     n = len(split.x_train)
-    for idx in torch.arange(n, device=split.x_train.device).split(batch_size):
+    for idx in distributed.shard(torch.arange(n, device=split.x_train.device)).split(batch_size):
         feats = encoder.features(training_batch(split, idx, generator), layers)
         batch_sums = [f.float().sum(dim=0) for f in feats]
         sums = batch_sums if sums is None else [s + b for s, b in zip(sums, batch_sums, strict=True)]
     assert sums is not None, "no training data"
-    return [s / n for s in sums]
+    return [distributed.all_reduce_sum(s) / n for s in sums]
 
 
 def train_one_class(
@@ -182,33 +191,36 @@ def train_one_class(
     if features is None:
         features = functools.partial(encoder.features, layers=layers)
     device = split.x_train.device
-    centroids = centroids_from_mean(layer_means(encoder, split, layers, cfg.batch_size, generator), centroid_eps)
+    augment = distributed.rank_generator(generator)
+    centroids = centroids_from_mean(layer_means(encoder, split, layers, cfg.batch_size, augment), centroid_eps)
     radii = torch.zeros(len(layers), device=device)
     opt, sched = _optimiser(encoder.parameters(), cfg)
     encoder.train()
+    step_features = distributed.data_parallel(encoder, features)
     curves = []
     for epoch in range(cfg.epochs):
         total = torch.zeros((), device=device)
         batches = batch_indices(len(split.x_train), cfg.batch_size, generator, device)
         update_radius = boundary == "soft" and epoch >= warmup_epochs
         for idx in batches:
-            x = training_batch(split, idx, generator)
+            x = training_batch(split, distributed.shard(idx), augment)
             with _autocast(device, precision):
-                feats = features(x)
+                feats = step_features(x)
             dist = squared_distances([f.float() for f in feats], centroids)  # (L, B)
             loss = one_class_loss(dist, radii, nu, boundary)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
             if update_radius:
-                radii = updated_radii(dist, nu)
+                radii = updated_radii(distributed.gather_shards(dist, len(idx)), nu)  # the global batch's
             total += loss.detach()
-        epoch_loss = total.item() / len(batches)
+        epoch_loss = distributed.all_reduce_mean(total).item() / len(batches)
         _check_finite(epoch_loss, "one-class", epoch)
         row = {"stage": "one_class", "epoch": epoch, "loss": epoch_loss, "lr": sched.get_last_lr()[0]}
         row.update({f"radius_{k}": float(r) for k, r in zip(layers, radii.tolist(), strict=True)})
         curves.append(row)
         sched.step()
+    distributed.broadcast_state(encoder)
     return OneClassModel(layers=tuple(layers), centroids=centroids, radii=radii, curves=curves)
 
 

@@ -28,7 +28,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from engine import __version__
+from engine import __version__, distributed
 from engine.compiled import compiled_model
 from engine.data import OneClassSplit, class_names, dataset_module, load_split
 from engine.metrics import max_balanced_accuracy, roc_auc
@@ -305,6 +305,8 @@ def _mocca(spec: TrialSpec, split: OneClassSplit, generator: torch.Generator, ti
         features=features,
     )  # fmt: skip
     timings["one_class_s"] = time.perf_counter() - t
+    if not distributed.is_main_process():  # a data-parallel run: rank 0 alone scores it and stores the row
+        return TrialResult(row={})
 
     t = time.perf_counter()
     per_layer = {}
