@@ -39,6 +39,7 @@ from engine.cli import Parser
 from engine.data import DATASETS, DatasetError, class_names, dataset_module, load_split
 from engine.data.base import resolve_class
 from engine.plan import (
+    BASELINES,
     MODES,
     SweepContext,
     ablation_plan,
@@ -87,13 +88,17 @@ def tune_run_distributed(config: dict, context: SweepContext, workers: int, cpus
     """Function trainable of a data-parallel run: a Ray Train TorchTrainer of `workers` processes, each holding
     `cpus` CPUs and `gpus` GPUs (gloo on CPUs, NCCL on GPUs), trains and stores the run; reported to Tune once.
 
-    A stored run is reported without starting the trainer. A run whose code raised becomes a `failed` row, as
-    in `tune_run`; a worker that died (an error from Ray itself) fails the trial, which Tune then retries.
+    A stored run is reported without starting the trainer, and a baseline (scikit-learn, not data-parallel) runs
+    in this process as in `tune_run`, without the trainer's start-up, which costs more than the fit itself. A run
+    whose code raised becomes a `failed` row, as in `tune_run`; a worker that died (an error from Ray itself) fails
+    the trial, which Tune then retries.
     """
     from ray import train, tune
     from ray.train.torch import TorchConfig, TorchTrainer
 
     config = config.get("run", config)
+    if config.get("method", "mocca") in BASELINES:
+        return tune_run(config, context)
     trial_id = tune.get_context().get_trial_id()
     row = stored_run(config, context)
     if row is not None:
@@ -536,6 +541,24 @@ def _callback(progress: Progress):
     return _ProgressCallback()
 
 
+def plain_trainable(ctx: SweepContext, cpus: float, gpus: float):
+    """The default run: `tune_run` in a Tune actor holding the run's CPUs and GPUs (reused from run to run)."""
+    from ray import tune
+
+    return tune.with_resources(tune.with_parameters(tune_run, context=ctx), {"cpu": cpus, "gpu": gpus})
+
+
+def trainer_trainable(ctx: SweepContext, workers: int, cpus: float, gpus: float):
+    """A data-parallel run: `tune_run_distributed`, whose TorchTrainer's `workers` each hold `cpus` and `gpus`."""
+    from ray import tune
+
+    trainable = tune.with_parameters(tune_run_distributed, context=ctx, workers=workers, cpus=cpus, gpus=gpus)
+    # the trial only waits for its trainer, whose workers hold the run's CPUs and GPUs: were the trial to hold some
+    # too, a cluster full of trials would leave their trainers nothing (deadlock). Tune refuses an empty request,
+    # hence one byte of memory.
+    return tune.with_resources(trainable, {"cpu": 0, "memory": 1})
+
+
 class Runner:
     """Runs Tune experiments for one sweep: trainable resources, storage, concurrency, progress."""
 
@@ -547,21 +570,14 @@ class Runner:
         """Start or join Ray on the first experiment, so a sweep with nothing left to do never starts it."""
         if self.started:
             return
-        from ray import tune
-
         start_ray(self.args)
         self.started = True
         gpus_per_run, self.slots = capacity(self.args)
-        if self.args.workers_per_run > 1:
-            trainable = tune.with_parameters(tune_run_distributed, context=self.ctx, workers=self.args.workers_per_run,
-                                             cpus=self.args.cpus_per_run, gpus=gpus_per_run)  # fmt: skip
-            # the trial only waits for its trainer, whose workers hold the run's CPUs and GPUs: were the trial to
-            # hold some too, a cluster full of trials would leave their trainers nothing (deadlock). Tune refuses an
-            # empty request, hence one byte of memory.
-            self.trainable = tune.with_resources(trainable, {"cpu": 0, "memory": 1})
+        workers, cpus = self.args.workers_per_run, self.args.cpus_per_run
+        if workers > 1:
+            self.trainable = trainer_trainable(self.ctx, workers, cpus, gpus_per_run)
         else:
-            trainable = tune.with_parameters(tune_run, context=self.ctx)
-            self.trainable = tune.with_resources(trainable, {"cpu": self.args.cpus_per_run, "gpu": gpus_per_run})
+            self.trainable = plain_trainable(self.ctx, cpus, gpus_per_run)
 
     def close(self) -> None:
         if self.started:
