@@ -352,7 +352,12 @@ def build_parser() -> Parser:
         help="data-parallel worker processes per run; above 1 each run is a Ray Train TorchTrainer (DDP: gloo on CPUs, "
         "NCCL on GPUs) inside its Tune trial, which costs seconds more per run (bench/trainer_overhead.py)",
     )
-    p.add_argument("--max-concurrent", type=int, help="runs at once (default: what the cluster holds)")
+    p.add_argument(
+        "--max-concurrent",
+        type=int,
+        help="runs at once (default: what the cluster holds now; on an autoscaling cluster, what it holds at full "
+        "size: the queued runs make it add nodes)",
+    )
     p.add_argument("--quiet", action="store_true", help="print only the final summary")
     return p
 
