@@ -311,5 +311,5 @@ def test_sweep_spreads_runs_over_two_nodes(tmp_path):
     assert runs["node_id"].nunique() == 2, runs["node_id"].value_counts()
     print(f"\ntwo-node sweep: {seconds:.1f} s")
     for node, group in runs.groupby("node_id"):
-        done = sorted(f"{r.method} layers {list(r.layers)} seed {r.seed}" for r in group.itertuples())
+        done = sorted(f"{r.method} layers {','.join(map(str, r.layers))} seed {r.seed}" for r in group.itertuples())
         print(f"{names.get(node, '?')} {node[:12]}: {done}")
