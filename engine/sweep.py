@@ -488,18 +488,19 @@ def capacity(args: argparse.Namespace) -> tuple[float, int]:
         )
     if args.address and args.max_concurrent:
         return gpus_per_run, args.max_concurrent
+    grows = ", or pass --max-concurrent if the cluster's autoscaler will add nodes" if args.address else ""
     if gpus_per_run > 0 and gpus == 0:
-        raise UsageError(f"--gpus-per-run {gpus_per_run} asks for GPUs but the cluster has none: use 0")
+        raise UsageError(f"--gpus-per-run {gpus_per_run} asks for GPUs but the cluster has none: use 0{grows}")
     per_worker = "" if workers == 1 else f" ({workers} workers)"
     slots = int(cpus // (args.cpus_per_run * workers))
     if slots < 1:
         raise UsageError(f"one run{per_worker} needs {args.cpus_per_run * workers:g} CPUs but the cluster has "
-                         f"{cpus:g}: lower --cpus-per-run or --workers-per-run")  # fmt: skip
+                         f"{cpus:g}: lower --cpus-per-run or --workers-per-run{grows}")  # fmt: skip
     if gpus_per_run > 0:
         slots = min(slots, int(gpus // (gpus_per_run * workers)))
         if slots < 1:
             raise UsageError(f"one run{per_worker} needs {gpus_per_run * workers:g} GPUs but the cluster has "
-                             f"{gpus:g}: lower --gpus-per-run or --workers-per-run")  # fmt: skip
+                             f"{gpus:g}: lower --gpus-per-run or --workers-per-run{grows}")  # fmt: skip
     return gpus_per_run, args.max_concurrent or slots
 
 

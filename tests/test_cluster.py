@@ -169,7 +169,7 @@ def test_autoscaling_cluster_takes_max_concurrent_as_given(monkeypatch):
 
     monkeypatch.setattr(ray, "cluster_resources", lambda: {"CPU": 0.0})  # a head with CPU 0 and no worker yet
     args = build_parser().parse_args(["digits", "--address", "10.0.0.5:6379", "--gpus-per-run", "0.25"])
-    with pytest.raises(UsageError, match="has none"):
+    with pytest.raises(UsageError, match="has none: use 0, or pass --max-concurrent"):
         capacity(args)
     args.max_concurrent = 32
     assert capacity(args) == (0.25, 32)
