@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -208,3 +209,4 @@ def test_sweep_with_two_workers_per_run_stores_every_run_and_leaves_no_ray(tmp_p
             except ProcessLookupError:
                 pass
     assert not leftovers, f"Ray processes left behind: {leftovers}"
+    shutil.rmtree(ray_tmp, ignore_errors=True)
