@@ -35,7 +35,7 @@ from plotly.subplots import make_subplots
 from analysis.runs import METRICS, Sweep, label_order, method_label, open_sweep, reported_runs
 from analysis.tables import DATASET_NAMES, TABLE_CSS, Table, build_tables, html_fragment
 from results import StoreError
-from results.store import open_filesystem
+from results.store import join_uri, open_filesystem
 
 CDF_POINTS = 200  # a CDF is drawn through this many quantiles, whatever the test set's size
 PALETTE = ("#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22")
@@ -389,7 +389,7 @@ def write_report(sweep_dir: str, out: str | None = None) -> tuple[str, int]:
     sweep = open_sweep(sweep_dir)
     sections = build_sections(sweep)
     text = render_html(sweep, sections)
-    path = out or f"{sweep.path.rstrip('/')}/report.html"
+    path = out or join_uri(sweep.path, "report.html")
     fs, inner = open_filesystem(path)  # a local path or a URI such as s3://bucket/sweeps/x/report.html
     try:
         with fs.open_output_stream(inner) as f:
