@@ -131,6 +131,8 @@ class TrialSpec:
         fields = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name not in NOT_IN_KEY}
         fields["layers"] = self.resolved_layers()
         fields["model"] = self.model_name
+        skip = getattr(dataset_module(self.dataset), "OPTIONS_NOT_IN_KEY", ())  # e.g. how frames are held in memory
+        fields["data_options"] = tuple((k, v) for k, v in self.data_options if k not in skip)
         if self.method in BASELINES:  # a baseline ignores the deep-model settings: one key per (class, seed, nu)
             keep = ("dataset", "normal_class", "method", "nu", "selection", "seed", "data_options")
             fields = {k: fields[k] for k in keep}

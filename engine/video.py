@@ -33,7 +33,7 @@ import pandas as pd
 import torch
 from torch import nn
 
-from engine.data.shanghaitech import VideoSplit
+from engine.data.shanghaitech import Frames, VideoSplit, sliding_clips
 from engine.metrics import max_balanced_accuracy, roc_auc
 from engine.models import create_model
 from engine.objective import centroids_from_mean, layer_scores, one_class_loss, squared_distances, updated_radii
@@ -55,6 +55,7 @@ class VideoSettings:
 
     clip_length: int = 16  # frames per clip (the loader reads it too)
     frame_size: tuple[int, int] | None = None  # (H, W) to resize to at load time; None = as prepared
+    decoded_budget_gb: float | None = None  # the loader's resident/encoded choice (not in the run key); None = default
     rec_weight: float = 1.0  # weight of the reconstruction loss against the one-class loss
     clips_per_epoch: int = 10000  # the reference's fixed epoch size
     score_batch: int = 16  # clips per forward pass when scoring
@@ -111,10 +112,10 @@ def clip_centroids(
 ) -> list[torch.Tensor]:  # fmt: skip
     """Centroid of each layer: the mean layer vector over `n_clips` random training clips, in eval mode."""
     encoder.eval()
-    sums = [torch.zeros(d, device=split.x_train.device) for d in (encoder.layer_dims[k] for k in layers)]
+    sums = [torch.zeros(d, device=split.device) for d in (encoder.layer_dims[k] for k in layers)]
     starts = epoch_windows(split, n_clips, generator)
     for idx in starts.split(batch_size):
-        with _autocast(split.x_train.device, precision):
+        with _autocast(split.device, precision):
             feats = encoder.features(split.clips(split.x_train, idx), layers)
         sums = [s + f.float().sum(dim=0) for s, f in zip(sums, feats, strict=True)]
     return centroids_from_mean([s / len(starts) for s in sums], eps)
@@ -134,7 +135,7 @@ def train_end_to_end(
     precision: str = "fp32",
 ) -> OneClassModel:
     """Train autoencoder, LSTM heads (and selectors) jointly; returns centroids, radii and per-epoch curves."""
-    device = split.x_train.device
+    device = split.device
     centroids = clip_centroids(
         model.encoder, split, layers, settings.clips_per_epoch, cfg.batch_size, generator, centroid_eps, precision
     )
@@ -202,19 +203,18 @@ def clip_scores(
     model: nn.Module,
     state: OneClassModel,
     split: VideoSplit,
-    frames: torch.Tensor,
+    frames: Frames,
     batch_size: int,
     boundary: str,
     squared: bool = True,
     with_reconstruction: bool = True,
     precision: str = "fp32",
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Per-layer one-class terms (L, n_clips) and reconstruction SSE (n_clips,) of every window of one video."""
+    """Per-layer one-class terms (L, n_clips) and reconstruction SSE (n_clips,) of every window of one video
+    (`frames`: its frames, each read or decoded once)."""
     model.eval()
-    starts = torch.arange(len(frames) - split.clip_length + 1, device=frames.device)
     terms, rec = [], []
-    for idx in starts.split(batch_size):
-        x = split.clips(frames, idx)
+    for x in sliding_clips(frames, split.clip_length, batch_size):  # (b, 3, T, H, W)
         with _autocast(frames.device, precision):
             if with_reconstruction:
                 reconstruction, feats = model.reconstruct(x, state.layers)
@@ -225,7 +225,7 @@ def clip_scores(
         if reconstruction is not None:
             rec.append(((reconstruction.float() - x) ** 2).flatten(1).sum(dim=1))
         else:
-            rec.append(torch.zeros(len(idx), device=frames.device))
+            rec.append(torch.zeros(len(x), device=frames.device))
     return torch.cat(terms, dim=1).cpu().numpy(), torch.cat(rec).cpu().numpy()
 
 
@@ -294,7 +294,7 @@ def run_video(spec: TrialSpec, split: VideoSplit, generator: torch.Generator, ti
     settings = VideoSettings.from_options(dict(spec.data_options))
     assert settings.clip_length == split.clip_length, "the split was loaded with another clip length"
     layers = spec.resolved_layers()
-    device = split.x_train.device
+    device = split.device
     code = {} if spec.code_size is None else {"code_size": spec.code_size}
     model = create_model(spec.model_name, frame_size=split.frame_size, **code, **settings.model_kwargs()).to(device)
     cfg = StageConfig(spec.oc_epochs, spec.oc_lr, spec.oc_weight_decay, spec.oc_milestones, spec.batch_size)

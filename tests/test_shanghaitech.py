@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import os
 import shutil
+import signal
+import subprocess
+import sys
 from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -12,11 +17,18 @@ import torch
 
 pytest.importorskip("cv2")
 
-from engine.data import load_split  # noqa: E402
+from engine.data import load_split, shanghaitech  # noqa: E402
 from engine.data.base import DatasetError  # noqa: E402
-from engine.data.shanghaitech import FRAMES_DIR, main, prepare, validation_videos, window_starts  # noqa: E402
+from engine.data.shanghaitech import (  # noqa: E402
+    FRAMES_DIR,
+    main,
+    prepare,
+    sliding_clips,
+    validation_videos,
+    window_starts,
+)
 from engine.models import create_model  # noqa: E402
-from engine.trial import TrialSpec, run_trial  # noqa: E402
+from engine.trial import TrialSpec, run_key, run_trial  # noqa: E402
 from engine.video import frame_metrics, frame_scores, normalise_per_video  # noqa: E402
 from tests.fixtures.shanghaitech import write_corrupt_video, write_shanghaitech  # noqa: E402
 
@@ -93,9 +105,31 @@ def test_prepare_names_and_skips_a_corrupt_video(raw, tmp_path, capsys):
     assert done == raw[1]["train"]
 
 
+def test_prepare_does_not_hang_after_the_caller_used_opencv_threads(raw, tmp_path):
+    # a forked worker inherits the locks of the caller's OpenCV thread pool but not its threads
+    shutil.copytree(raw[0] / "testing", tmp_path / "raw" / "testing")
+    script = (
+        "import sys, numpy as np, cv2\n"
+        "from engine.data.shanghaitech import prepare\n"
+        "if __name__ == '__main__':\n"
+        "    cv2.setNumThreads(4)\n"
+        "    cv2.resize(np.zeros((480, 856, 3), np.uint8), (512, 256))  # the pool's threads start\n"
+        "    sys.exit(len(prepare(sys.argv[1], sys.argv[2], frame_size=(32, 64), workers=2).done) != 3)\n"
+    )
+    args = [sys.executable, "-c", script, str(tmp_path / "raw"), str(tmp_path / "prep")]
+    child = subprocess.Popen(args, cwd=Path(__file__).parents[1], start_new_session=True)
+    try:
+        assert child.wait(timeout=120) == 0
+    finally:  # a hung run leaves forked workers: end its whole process group
+        if child.poll() is None:
+            os.killpg(child.pid, signal.SIGKILL)
+            child.wait()
+
+
 def test_load_gives_windows_inside_videos_and_a_fixed_validation_split(prepared, raw):
     split = load_split("shanghaitech", 0, data_root=str(prepared), clip_length=CLIP)
-    assert split.x_train.dtype == torch.uint8 and tuple(split.x_train.shape) == (48, 3, *SIZE)
+    assert split.meta["frames"] == split.x_train.kind == "resident"  # tiny: under the default decoded budget
+    assert split.x_train.frames.dtype == torch.uint8 and tuple(split.x_train.frames.shape) == (48, 3, *SIZE)
     # windows never straddle the two 24-frame training videos
     assert split.train_starts.tolist() == list(range(0, 17)) + list(range(24, 41))
     clips = split.clips(split.x_train, split.train_starts[:2])
@@ -108,7 +142,7 @@ def test_load_gives_windows_inside_videos_and_a_fixed_validation_split(prepared,
     everything = load_split("shanghaitech", 0, data_root=str(prepared), clip_length=CLIP, selection="test")
     assert everything.val_videos == everything.test_videos == (0, 1, 2)
     resized = load_split("shanghaitech", 0, data_root=str(prepared), clip_length=CLIP, frame_size=(32, 32))
-    assert tuple(resized.x_eval.shape[-2:]) == (32, 32)
+    assert resized.x_eval.frame_size == (32, 32) and resized.x_eval.read(0, 1).shape == (1, 3, 32, 32)
 
 
 def test_window_starts_skips_videos_shorter_than_a_clip():
@@ -230,3 +264,96 @@ def test_search_space_smoke_budget_runs_on_the_fixture(prepared):
     spec = TrialSpec(**space.fixed("smoke", 0), **params_to_fields(trial.params), data_root=str(prepared))
     assert run_trial(spec.validate()).row["status"] == "ok"
     TrialSpec(**space.fixed("paper", 0), **params_to_fields(trial.params)).validate()
+
+
+# -- resident and encoded frames -----------------------------------------------------------------------------------
+
+
+def _both_paths(root, **options):
+    resident = load_split("shanghaitech", 0, data_root=str(root), clip_length=CLIP, **options)
+    encoded = load_split("shanghaitech", 0, data_root=str(root), clip_length=CLIP, decoded_budget_gb=0, **options)
+    assert (resident.meta["frames"], encoded.meta["frames"]) == ("resident", "encoded")
+    return resident, encoded
+
+
+@pytest.mark.parametrize("frame_size", [None, (32, 32)])
+def test_encoded_path_gives_the_same_clips_as_the_resident_path(prepared, monkeypatch, frame_size):
+    options = {} if frame_size is None else {"frame_size": frame_size}
+    resident, encoded = _both_paths(prepared, **options)
+    assert encoded.x_train.nbytes < resident.x_train.nbytes / 3  # JPEG bytes, not pixels
+    assert encoded.meta["encoded_gib"] < encoded.meta["decoded_gib"] == resident.meta["decoded_gib"]
+    assert len(encoded.x_train) == len(resident.x_train) == 48 and encoded.frame_size == resident.frame_size
+    torch.testing.assert_close(encoded.clips(encoded.x_train, encoded.train_starts),
+                               resident.clips(resident.x_train, resident.train_starts), rtol=0, atol=0)  # fmt: skip
+    for i in range(len(encoded.videos)):
+        for batch in (3, 100):  # several batches per video, and one
+            got = torch.cat(list(sliding_clips(encoded.video_frames(i), CLIP, batch)))
+            want = torch.cat(list(sliding_clips(resident.video_frames(i), CLIP, batch)))
+            assert len(got) == encoded.offsets[i + 1] - encoded.offsets[i] - CLIP + 1
+            assert torch.equal(got, want)
+    # the windows a batch gathers overlap: each distinct frame is decoded once, and a scored video once in all
+    decoded, real = [], shanghaitech._decode_jpegs
+
+    def counting(chunks, device):
+        decoded.append(len(chunks))
+        return real(chunks, device)
+
+    monkeypatch.setattr(shanghaitech, "_decode_jpegs", counting)
+    starts = torch.tensor([0, 1, 2, 30, 3])  # frames 0..10 and 30..37
+    assert torch.equal(encoded.clips(encoded.x_train, starts), resident.clips(resident.x_train, starts))
+    assert decoded == [11 + CLIP]
+    decoded.clear()
+    n_clips = sum(len(x) for x in sliding_clips(encoded.video_frames(1), CLIP, 4))
+    assert sum(decoded) == n_clips + CLIP - 1 == encoded.offsets[2] - encoded.offsets[1]
+
+
+def test_smoke_training_gives_the_same_run_on_both_paths(prepared):
+    spec = TrialSpec(
+        dataset="shanghaitech", data_root=str(prepared), oc_epochs=2, warmup_epochs=1, batch_size=2, code_size=16,
+        oc_lr=1e-3, layers=(0, 4, 6), data_options=SMOKE_OPTIONS, device="cpu",
+    )  # fmt: skip
+    encoded_spec = replace(spec, data_options=(*SMOKE_OPTIONS, ("decoded_budget_gb", 0)))
+    assert run_key(encoded_spec) == run_key(spec)  # how frames are held does not change what the run is
+    resident, encoded = run_trial(spec), run_trial(encoded_spec)
+    assert resident.row["status"] == encoded.row["status"] == "ok"
+    for name in ("test_auc", "val_auc", "layer_test_auc", "final_radii"):
+        assert encoded.row[name] == resident.row[name], name
+    pd.testing.assert_frame_equal(encoded.scores, resident.scores)  # every frame's score, bit for bit
+    pd.testing.assert_frame_equal(encoded.curves, resident.curves)
+
+
+def test_the_path_follows_the_host_memory_and_the_guard_only_refuses_what_even_encoded_cannot_hold(
+    prepared, tmp_path, monkeypatch
+):
+    root = tmp_path / "prep"
+    shutil.copytree(prepared, root)  # a root of its own: the per-process caches are keyed by root
+    encoded_bytes = sum(p.stat().st_size for p in root.rglob("*.jpg"))
+    monkeypatch.setattr(shanghaitech, "_host_memory", lambda: 2 * encoded_bytes)
+    # the decoded frames would exceed half of this host: encoded, however large the budget
+    split = load_split("shanghaitech", 0, data_root=str(root), clip_length=CLIP, decoded_budget_gb=1000)
+    assert split.meta["frames"] == "encoded" and "encoded frames" in split.summary()
+    shanghaitech._encoded_part.cache_clear()
+    monkeypatch.setattr(shanghaitech, "_host_memory", lambda: encoded_bytes // 2)
+    with pytest.raises(DatasetError, match="even as JPEG bytes.*--frame-size"):
+        load_split("shanghaitech", 0, data_root=str(root), clip_length=CLIP)
+    with pytest.raises(DatasetError, match="decoded_budget_gb"):
+        load_split("shanghaitech", 0, data_root=str(root), clip_length=CLIP, decoded_budget_gb=-1)
+
+
+def test_a_frame_that_does_not_decode_is_named_on_both_paths(prepared, tmp_path):
+    root = tmp_path / "prep"
+    shutil.copytree(prepared, root)
+    video = sorted((root / "training" / FRAMES_DIR).iterdir())[1]
+    bad = video / "000005.jpg"
+    bad.write_bytes(b"\xff\xd8" + np.random.default_rng(0).integers(0, 256, 500, dtype=np.uint8).tobytes())
+    # encoded: loading reads bytes only, so the error comes with the first batch that holds the frame
+    split = load_split("shanghaitech", 0, data_root=str(root), clip_length=CLIP, decoded_budget_gb=0)
+    split.clips(split.x_train, torch.tensor([0]))  # video 0 is fine
+    with pytest.raises(DatasetError, match=f"frame 5 of video {video.name}"):
+        split.clips(split.x_train, torch.tensor([24 + 2]))
+    with pytest.raises(DatasetError, match=f"frame 5 of video {video.name}"):  # resident: while loading
+        load_split("shanghaitech", 0, data_root=str(root), clip_length=CLIP)
+    bad.write_bytes(b"not a jpeg at all")
+    shanghaitech._encoded_part.cache_clear()  # read the files again
+    with pytest.raises(DatasetError, match="000005.jpg is not a JPEG"):
+        load_split("shanghaitech", 0, data_root=str(root), clip_length=CLIP, decoded_budget_gb=0)

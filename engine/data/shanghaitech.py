@@ -16,26 +16,54 @@ The masked frame is then resized (INTER_AREA, the anti-aliased downscale closest
 video is written into a dot-folder and renamed when complete, so a killed run leaves no half video and a re-run
 skips finished ones.
 
-Loading (`load`) decodes every prepared frame once per process into one uint8 tensor (frames, 3, H, W) per part
-with per-video offsets; clips of `clip_length` frames are gathered by index and scaled to [0, 1] on the fly
-(METHOD.md 4.1: no mean/std normalisation). Training draws from every stride-1 window inside a video; scoring
-visits every window of every test video. The validation split is a fixed, seed-independent subset of the test
-videos (whole videos, so frame scores keep their temporal context); `selection="test"` makes it the whole test set.
+Loading (`load`) reads every prepared frame file once per process and holds the frames in one of two forms, chosen
+automatically and recorded in `split.meta["frames"]`:
+
+- resident: decoded once into one uint8 tensor (F, 3, H, W) per part with per-video offsets; a batch is gathered
+  by index. At 256x512 a frame is 384 KiB decoded, so ShanghaiTech's 274,515 training + 42,883 test frames would
+  take 116 GiB on the host and again on a GPU: this path is for small frame sizes.
+- encoded: each part's JPEG files back to back in one uint8 byte buffer with per-frame byte offsets, decoded on the
+  fly. Background-removed frames are mostly zeros and compress well (bench/shanghaitech_throughput.py measures the
+  ratio and the memory of both paths for the full dataset). A training batch decodes each distinct frame of its
+  overlapping stride-1 clips once (`EncodedFrames.gather`); scoring walks each test video with a sliding window of
+  decoded frames (`sliding_clips`), so every test frame is decoded once.
+
+The frames stay resident when train + test decoded take at most `decoded_budget_gb` GiB (a data option, default
+DECODED_BUDGET_GB = 8, which holds the whole dataset up to about 64x128) and half of the host's memory; else they
+are encoded (`decoded_budget_gb=0` forces that). Resident frames save little time: decoding costs about a
+millisecond a 256x512 frame on one CPU core, far below a training step, while every worker process holds its own
+decoded copy. The memory guard refuses a part only when even its JPEG bytes exceed 80% of the host's memory.
+
+Decoding is torchvision's `decode_jpeg` on both paths, through one function (`_decode`): libjpeg-turbo on the CPU,
+nvjpeg's batched decoder on CUDA (frames land on the GPU; the bytes stay on the host; our stream is drained first,
+pytorch/vision#9606). Resident frames moved to a GPU are decoded there from the bytes, not copied, unless they would
+take over half of its free memory: then the split switches to the encoded path. So on one device both paths see the
+same pixels and give the same run (tested bit for bit on the CPU), and `decoded_budget_gb` stays out of the run key.
+nvjpeg and libjpeg-turbo are not bit-exact with each other (their IDCT and chroma upsampling differ; not yet
+measured here), so a GPU run may see slightly different frames than a CPU run, whichever path.
+
+Clips are scaled to [0, 1] on the fly (METHOD.md 4.1: no mean/std normalisation). Training draws from every
+stride-1 window inside a video; scoring visits every window of every test video. The validation split is a fixed,
+seed-independent subset of the test videos (whole videos, so frame scores keep their temporal context);
+`selection="test"` makes it the whole test set.
 """
 
 from __future__ import annotations
 
 import argparse
+import io
 import os
 import re
 import shutil
 import sys
 import time
+import warnings
 from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field, replace
 from functools import lru_cache
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 import torch
@@ -52,6 +80,9 @@ DEFAULT_FRAME_SIZE = (256, 512)  # (H, W), METHOD.md 4.1
 BACKGROUND_THRESHOLD = 128
 DILATION_ITERATIONS = 5
 PARTS = ("training", "testing")
+DECODED_BUDGET_GB = 8.0  # decoded train + test frames up to this size stay resident; above it, encoded (see above)
+OPTIONS_NOT_IN_KEY = ("decoded_budget_gb",)  # engine.trial keeps it out of run keys: both paths give the same run
+DECODE_CHUNK = 256  # frames per decode call when the resident path decodes a whole part
 
 
 # -- preparation --------------------------------------------------------------------------------------------------
@@ -247,22 +278,31 @@ def prepare(
         (bar.write if bar is not None else print)(text)
 
     say(f"{len(jobs)} videos: {len(report.skipped)} already prepared, {len(todo)} to do with {workers} workers")
-    with ProcessPoolExecutor(max_workers=workers) as pool:
-        futures = {pool.submit(prepare_video, job, tuple(frame_size), threshold): job for job in todo}
-        for i, future in enumerate(as_completed(futures), 1):
-            job = futures[future]
-            try:
-                label, n, seconds = future.result()
-            except Exception as exc:  # one bad video must not stop the others
-                reason = str(exc) if isinstance(exc, VideoDecodeError) else f"{type(exc).__name__}: {exc}"
-                report.failed[job.label] = reason
-                say(f"skipped {job.label}: {report.failed[job.label]}")
-            else:
-                report.done.append(label)
-                if bar is None:
-                    print(f"[{i}/{len(todo)}] {label}: {n} frames in {seconds:.1f} s", flush=True)
-            if bar is not None:
-                bar.update(1)
+    import cv2
+
+    # stop OpenCV's thread pool while workers fork: once the caller has used it (any cv2.resize), a forked worker
+    # inherits its locks without its threads and hangs in its first OpenCV call
+    opencv_threads = cv2.getNumThreads()
+    cv2.setNumThreads(1)
+    try:
+        with ProcessPoolExecutor(max_workers=workers) as pool:
+            futures = {pool.submit(prepare_video, job, tuple(frame_size), threshold): job for job in todo}
+            for i, future in enumerate(as_completed(futures), 1):
+                job = futures[future]
+                try:
+                    label, n, seconds = future.result()
+                except Exception as exc:  # one bad video must not stop the others
+                    reason = str(exc) if isinstance(exc, VideoDecodeError) else f"{type(exc).__name__}: {exc}"
+                    report.failed[job.label] = reason
+                    say(f"skipped {job.label}: {report.failed[job.label]}")
+                else:
+                    report.done.append(label)
+                    if bar is None:
+                        print(f"[{i}/{len(todo)}] {label}: {n} frames in {seconds:.1f} s", flush=True)
+                if bar is not None:
+                    bar.update(1)
+    finally:
+        cv2.setNumThreads(opencv_threads)
     if bar is not None:
         bar.close()
     return report
@@ -300,45 +340,45 @@ def main(argv: list[str] | None = None) -> int:
 # -- loading ------------------------------------------------------------------------------------------------------
 
 
-@dataclass
-class VideoPart:
-    """All frames of one part (training or testing), decoded once per process."""
+def _host_memory() -> int | None:
+    """Physical memory of this machine in bytes, or None where the OS does not say."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return None
 
-    frames: torch.Tensor  # (F, 3, H, W) uint8, videos back to back
+
+@dataclass(frozen=True, eq=False)
+class EncodedPart:
+    """Every frame of one part (training or testing) as the bytes of its JPEG file, read once per process."""
+
+    data: torch.Tensor  # (total bytes,) uint8 on the CPU: the frames' files back to back
+    frame_offsets: np.ndarray  # (F + 1,) int64: frame k is data[frame_offsets[k]:frame_offsets[k + 1]]
     names: tuple[str, ...]
-    offsets: tuple[int, ...]  # video i is frames[offsets[i]:offsets[i + 1]]
+    offsets: tuple[int, ...]  # video i is frames offsets[i]:offsets[i + 1]
+    sizes: tuple[tuple[int, int], ...]  # (H, W) of each video's first frame, from its JPEG header
+
+    def __len__(self) -> int:
+        return len(self.frame_offsets) - 1
+
+    @property
+    def nbytes(self) -> int:
+        return int(self.frame_offsets[-1])
 
     def length(self, i: int) -> int:
         return self.offsets[i + 1] - self.offsets[i]
 
+    def jpeg(self, k: int) -> torch.Tensor:
+        """(n_bytes,) uint8 view of frame k's JPEG file."""
+        return self.data[int(self.frame_offsets[k]) : int(self.frame_offsets[k + 1])]
 
-def _decode(files: list[Path], frame_size: tuple[int, int] | None) -> torch.Tensor:
-    """(n, 3, H, W) uint8 RGB frames; resized (bilinear, anti-aliased) when `frame_size` differs."""
-    from torchvision.io import ImageReadMode, decode_jpeg
-
-    data = [torch.frombuffer(bytearray(p.read_bytes()), dtype=torch.uint8) for p in files]
-    frames = torch.stack(decode_jpeg(data, mode=ImageReadMode.RGB))
-    if frame_size is not None and tuple(frames.shape[-2:]) != tuple(frame_size):
-        resized = F.interpolate(frames.float(), size=tuple(frame_size), mode="bilinear", antialias=True)
-        frames = resized.round().clamp(0, 255).to(torch.uint8)
-    return frames
+    def describe(self, k: int) -> str:
+        i = int(np.searchsorted(self.offsets, k, side="right")) - 1
+        return f"frame {k - self.offsets[i]} of video {self.names[i]}"
 
 
-def _check_memory(n_frames: int, shape: tuple[int, int], what: str) -> None:
-    need = n_frames * 3 * shape[0] * shape[1]
-    try:
-        total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    except (ValueError, OSError, AttributeError):
-        return
-    if need > 0.8 * total:
-        raise DatasetError(
-            f"{what} needs {need / 2**30:.1f} GiB as uint8 frames but this machine has {total / 2**30:.1f} GiB: "
-            "pass a smaller frame_size in the data options (e.g. 128x256)"
-        )
-
-
-@lru_cache(maxsize=4)
-def _load_part(root: str, part: str, frame_size: tuple[int, int] | None) -> VideoPart:
+def _video_folders(root: str, part: str) -> tuple[list[Path], list[list[Path]]]:
+    """The finished video folders of a prepared part and their frame files, in natural order."""
     folder = Path(root) / part / FRAMES_DIR
     if not folder.is_dir():
         hint = (
@@ -355,28 +395,253 @@ def _load_part(root: str, part: str, frame_size: tuple[int, int] | None) -> Vide
     empty = [v.name for v, f in zip(videos, files, strict=True) if not f]
     if empty:
         raise DatasetError(f"video {empty[0]} in {folder} has no frames: delete its folder and run prepare again")
-    first = _decode(files[0][:1], frame_size)
-    shape = tuple(first.shape[-2:])
+    return videos, files
+
+
+@lru_cache(maxsize=4)
+def _encoded_part(root: str, part: str) -> EncodedPart:
+    """Read every frame file of `part` into one byte buffer; the memory guard refuses only when even that does not
+    fit (80% of the host's memory)."""
+    from PIL import Image
+
+    videos, files = _video_folders(root, part)
+    flat = [p for f in files for p in f]
     offsets = np.r_[0, np.cumsum([len(f) for f in files])].tolist()
-    _check_memory(offsets[-1], shape, f"{part} ({offsets[-1]} frames at {shape[0]}x{shape[1]})")
-    frames = torch.empty((offsets[-1], 3, *shape), dtype=torch.uint8)
+    workers = min(8, os.cpu_count() or 1)  # file-system latency, not the CPU, bounds stat and read
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        sizes = np.concatenate(list(pool.map(lambda f: np.array([p.stat().st_size for p in f], np.int64), files)))
+    if (sizes < 4).any():  # a JPEG holds at least its start and end markers
+        raise DatasetError(f"{flat[int(np.argmax(sizes < 4))]} is empty: delete its video folder and run prepare again")
+    frame_offsets = np.r_[0, np.cumsum(sizes)].astype(np.int64)
+    total, host = int(frame_offsets[-1]), _host_memory()
+    if host is not None and total > 0.8 * host:
+        raise DatasetError(
+            f"{part} needs {total / 2**30:.1f} GiB even as JPEG bytes but this machine has {host / 2**30:.1f} GiB: "
+            "prepare the dataset at a smaller --frame-size (e.g. 128x256) or use a machine with more memory"
+        )
+    data = np.empty(total, dtype=np.uint8)
+
+    def read(i: int) -> None:
+        view = memoryview(data)
+        for k in range(offsets[i], offsets[i + 1]):
+            a, b = int(frame_offsets[k]), int(frame_offsets[k + 1])
+            with open(flat[k], "rb") as handle:
+                if handle.readinto(view[a:b]) != b - a:
+                    raise DatasetError(f"{flat[k]} shrank while it was read: let prepare finish, then load again")
+
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        list(pool.map(read, range(len(videos))))  # list(): re-raise the first error
+    soi = (data[frame_offsets[:-1]] == 0xFF) & (data[frame_offsets[:-1] + 1] == 0xD8)  # every JPEG starts FF D8
+    if not soi.all():
+        bad = flat[int(np.argmin(soi))]
+        raise DatasetError(f"{bad} is not a JPEG file: delete its video folder and run prepare again")
+    shapes = []
+    for i in range(len(videos)):
+        k = offsets[i]
+        try:  # PIL reads only the header here: the frame size without decoding
+            width, height = Image.open(io.BytesIO(data[frame_offsets[k] : frame_offsets[k + 1]])).size
+        except OSError as exc:
+            raise DatasetError(f"cannot read {flat[k]} ({exc}): delete its video folder and run prepare again") from exc
+        shapes.append((height, width))
+    return EncodedPart(torch.from_numpy(data), frame_offsets, tuple(v.name for v in videos), tuple(offsets),
+                       tuple(shapes))  # fmt: skip
+
+
+@lru_cache(maxsize=8)
+def _nvjpeg(device: torch.device) -> bool:
+    """Whether torchvision decodes JPEGs on `device` with nvjpeg (a build without it cannot)."""
+    from torchvision.io import ImageReadMode, decode_jpeg, encode_jpeg
+
+    probe = encode_jpeg(torch.zeros(3, 16, 16, dtype=torch.uint8))
+    try:
+        decode_jpeg([probe], mode=ImageReadMode.RGB, device=device)
+    except Exception as exc:  # noqa: BLE001 - any failure means: decode on the CPU instead
+        warnings.warn(f"nvjpeg cannot decode on {device} ({exc}); ShanghaiTech frames are decoded on the CPU",
+                      stacklevel=2)  # fmt: skip
+        return False
+    return True
+
+
+def _decode_jpegs(chunks: list[torch.Tensor], device: torch.device) -> list[torch.Tensor]:
+    """(3, h, w) uint8 RGB images from JPEG byte tensors: nvjpeg's batched decoder on CUDA (images on `device`),
+    else torchvision's libjpeg-turbo (images on the CPU)."""
+    from torchvision.io import ImageReadMode, decode_jpeg
+
+    if device.type == "cuda" and _nvjpeg(device):
+        # nvjpeg writes on a stream of its own without waiting for ours, so a block the caching allocator hands it
+        # may still be read by queued kernels (pytorch/vision#9606): drain our stream first
+        torch.cuda.current_stream(device).synchronize()
+        return decode_jpeg(chunks, mode=ImageReadMode.RGB, device=device)
+    return decode_jpeg(chunks, mode=ImageReadMode.RGB)
+
+
+def _resize(frames: torch.Tensor, frame_size: tuple[int, int]) -> torch.Tensor:
+    """(n, 3, h, w) uint8 -> (n, 3, H, W) uint8: bilinear with anti-aliasing, rounded (per frame: the result does
+    not depend on which frames share the call)."""
+    resized = F.interpolate(frames.float(), size=tuple(frame_size), mode="bilinear", antialias=True)
+    return resized.round().clamp(0, 255).to(torch.uint8)
+
+
+def _decode(
+    part: EncodedPart, frames: list[int], frame_size: tuple[int, int], resize: bool, device: torch.device
+) -> torch.Tensor:
+    """(n, 3, H, W) uint8 RGB frames `frames` (indices into `part`) on `device`, (H, W) = `frame_size`. Both paths
+    decode through here, so they see the same pixels. A frame of another size is resized when `resize` (the
+    user asked for this frame size), else it is an error."""
+    try:
+        images = _decode_jpegs([part.jpeg(k) for k in frames], device)
+    except RuntimeError:
+        for k in frames:  # name the first frame that does not decode
+            try:
+                _decode_jpegs([part.jpeg(k)], torch.device("cpu"))
+            except RuntimeError as exc:
+                raise DatasetError(
+                    f"cannot decode {part.describe(k)} ({exc}): delete the video's folder and run prepare again"
+                ) from exc
+        raise
+    shapes = {tuple(image.shape[-2:]) for image in images}
+    if not resize and shapes != {tuple(frame_size)}:
+        k = next(k for k, image in zip(frames, images, strict=True) if tuple(image.shape[-2:]) != tuple(frame_size))
+        h, w = next(s for s in shapes if s != tuple(frame_size))
+        raise DatasetError(
+            f"{part.describe(k)} is {h}x{w} but the other frames are {frame_size[0]}x{frame_size[1]}: prepare every "
+            "video at one size or pass frame_size"
+        )
+    if len(shapes) == 1:  # the usual case: one (n, 3, h, w) tensor, resized at once
+        out = torch.stack(images).to(device)
+        return out if shapes == {tuple(frame_size)} else _resize(out, frame_size)
+    return torch.cat([_resize(image[None].to(device), frame_size) for image in images])
+
+
+@dataclass(frozen=True, eq=False)
+class ResidentFrames:
+    """The resident path: frames decoded once, held as one (F, 3, H, W) uint8 tensor; reading is indexing."""
+
+    frames: torch.Tensor  # (F, 3, H, W) uint8, videos back to back
+    kind: ClassVar[str] = "resident"
+
+    def __len__(self) -> int:
+        return len(self.frames)
+
+    @property
+    def device(self) -> torch.device:
+        return self.frames.device
+
+    @property
+    def frame_size(self) -> tuple[int, int]:
+        return tuple(self.frames.shape[-2:])
+
+    @property
+    def nbytes(self) -> int:
+        return self.frames.nbytes
+
+    def read(self, lo: int, hi: int) -> torch.Tensor:
+        """(hi - lo, 3, H, W) uint8 frames lo..hi-1."""
+        return self.frames[lo:hi]
+
+    def gather(self, idx: torch.Tensor) -> torch.Tensor:
+        """(*idx.shape, 3, H, W) uint8 frames at `idx`."""
+        return self.frames[idx]
+
+    def slice(self, lo: int, hi: int) -> ResidentFrames:
+        return ResidentFrames(self.frames[lo:hi])
+
+    def to(self, device: torch.device | str) -> ResidentFrames:
+        return ResidentFrames(self.frames.to(device))
+
+
+@dataclass(frozen=True, eq=False)
+class EncodedFrames:
+    """The encoded path: frames lo..hi-1 of `part` kept as JPEG bytes on the host, decoded on `device` when read.
+
+    `gather` decodes each distinct frame of a request once (stride-1 clips of a batch overlap); `read` decodes a
+    contiguous run (sliding_clips keeps the overlap between scoring batches, so a video is decoded once).
+    """
+
+    part: EncodedPart
+    requested: tuple[int, int] | None  # the frame size asked for (frames are resized to it); None = as prepared
+    device: torch.device
+    lo: int
+    hi: int
+    kind: ClassVar[str] = "encoded"
+
+    def __len__(self) -> int:
+        return self.hi - self.lo
+
+    @property
+    def frame_size(self) -> tuple[int, int]:
+        return self.requested or self.part.sizes[0]
+
+    @property
+    def nbytes(self) -> int:
+        return int(self.part.frame_offsets[self.hi] - self.part.frame_offsets[self.lo])
+
+    def _decode(self, frames: list[int]) -> torch.Tensor:
+        return _decode(self.part, frames, self.frame_size, self.requested is not None, self.device)
+
+    def read(self, lo: int, hi: int) -> torch.Tensor:
+        """(hi - lo, 3, H, W) uint8 frames lo..hi-1, decoded."""
+        if not 0 <= lo <= hi <= len(self):
+            raise IndexError(f"frames {lo}..{hi} outside 0..{len(self)}")
+        if lo == hi:
+            return torch.empty((0, 3, *self.frame_size), dtype=torch.uint8, device=self.device)
+        return self._decode(list(range(self.lo + lo, self.lo + hi)))
+
+    def gather(self, idx: torch.Tensor) -> torch.Tensor:
+        """(*idx.shape, 3, H, W) uint8 frames at `idx`, each distinct frame decoded once."""
+        distinct, inverse = torch.unique(idx.reshape(-1).cpu(), return_inverse=True)  # (U,) sorted, (n,)
+        if len(distinct) and (distinct[0] < 0 or distinct[-1] >= len(self)):
+            raise IndexError(f"frame index outside 0..{len(self) - 1}")
+        decoded = self._decode((distinct + self.lo).tolist())  # (U, 3, H, W) on self.device
+        return decoded[inverse.to(self.device)].view(*idx.shape, *decoded.shape[1:])
+
+    def slice(self, lo: int, hi: int) -> EncodedFrames:
+        return replace(self, lo=self.lo + lo, hi=self.lo + hi)
+
+    def to(self, device: torch.device | str) -> EncodedFrames:
+        return replace(self, device=torch.device(device))  # the bytes stay on the host; decoding targets `device`
+
+
+Frames = ResidentFrames | EncodedFrames
+
+
+def sliding_clips(frames: Frames, clip_length: int, batch_size: int) -> Iterator[torch.Tensor]:
+    """(b, 3, T, H, W) float clips in [0, 1] of every stride-1 window of `frames` (one video), in order, at most
+    `batch_size` per batch. Each frame is read once: a batch reuses the previous batch's frames it shares."""
+    n_windows = len(frames) - clip_length + 1
+    window, first = None, 0  # the read frames first..first + len(window) - 1
+    for start in range(0, n_windows, batch_size):
+        b = min(batch_size, n_windows - start)
+        stop = start + b + clip_length - 1  # the batch needs frames start..stop-1
+        if window is None:
+            window = frames.read(start, stop)
+        else:
+            window = torch.cat([window[start - first :], frames.read(first + len(window), stop)])
+        first = start
+        idx = torch.arange(b, device=window.device)[:, None] + torch.arange(clip_length, device=window.device)
+        yield window[idx].permute(0, 2, 1, 3, 4).float().div_(255)  # (b, T, 3, H, W) -> (b, 3, T, H, W)
+
+
+@lru_cache(maxsize=4)
+def _decoded(root: str, part: str, requested: tuple[int, int] | None, device: torch.device) -> torch.Tensor:
+    """The resident path: every frame of `part` decoded once into one (F, 3, H, W) uint8 tensor on `device`, by
+    that device's decoder (nvjpeg on CUDA)."""
+    encoded = _encoded_part(root, part)
+    frame_size = requested or encoded.sizes[0]
+    frames = torch.empty((len(encoded), 3, *frame_size), dtype=torch.uint8, device=device)
 
     def fill(i: int) -> None:
-        for start in range(0, len(files[i]), 256):
-            chunk = _decode(files[i][start : start + 256], frame_size)
-            if tuple(chunk.shape[-2:]) != shape:
-                raise DatasetError(
-                    f"video {videos[i].name} has {chunk.shape[-2]}x{chunk.shape[-1]} frames but {videos[0].name} has "
-                    f"{shape[0]}x{shape[1]}: prepare every video at one size or pass frame_size"
-                )
-            frames[offsets[i] + start : offsets[i] + start + len(chunk)] = chunk
+        for start in range(encoded.offsets[i], encoded.offsets[i + 1], DECODE_CHUNK):
+            stop = min(start + DECODE_CHUNK, encoded.offsets[i + 1])
+            frames[start:stop] = _decode(encoded, list(range(start, stop)), frame_size, requested is not None, device)
 
-    with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
-        list(pool.map(fill, range(len(videos))))  # list(): re-raise the first error
-    return VideoPart(frames, tuple(v.name for v in videos), tuple(offsets))
+    workers = min(8, os.cpu_count() or 1) if device.type == "cpu" else 1  # nvjpeg batches within a call
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        list(pool.map(fill, range(len(encoded.names))))  # list(): re-raise the first error
+    return frames
 
 
-def _frame_labels(root: str, part: VideoPart) -> torch.Tensor:
+def _frame_labels(root: str, part: EncodedPart) -> torch.Tensor:
     """(F,) int64 0/1 labels of every test frame, from test_frame_mask/<vid>.npy."""
     labels = []
     for i, name in enumerate(part.names):
@@ -418,34 +683,38 @@ def validation_videos(n_videos: int, selection: str) -> tuple[tuple[int, ...], t
 class VideoSplit:
     """The one-class problem of a video dataset: normal training videos and labelled test videos (frame level).
 
-    Frames stay uint8 (4x smaller than float) wherever the split lives; `clips` gathers and scales a batch.
-    `x_train` / `y_val` / `y_test` mirror OneClassSplit's names so run_trial's bookkeeping counts frames.
+    Frames stay uint8 (resident) or JPEG bytes (encoded) wherever the split lives; `clips` gathers and scales a
+    batch. `x_train` / `y_val` / `y_test` mirror OneClassSplit's names so run_trial's bookkeeping counts frames.
     """
 
     dataset: str
     normal_class: int
     class_name: str
     clip_length: int
-    x_train: torch.Tensor  # (F_train, 3, H, W) uint8, training videos back to back
+    x_train: Frames  # F_train frames, training videos back to back
     train_starts: torch.Tensor  # (N_windows,) int64, first frame of every stride-1 training window
-    x_eval: torch.Tensor  # (F_test, 3, H, W) uint8, all test videos back to back
+    x_eval: Frames  # F_test frames, all test videos back to back
     eval_labels: torch.Tensor  # (F_test,) int64, 1 = anomalous frame
     videos: tuple[str, ...]  # test video names
-    offsets: tuple[int, ...]  # test video i is x_eval[offsets[i]:offsets[i + 1]]
+    offsets: tuple[int, ...]  # test video i is x_eval frames offsets[i]:offsets[i + 1]
     val_videos: tuple[int, ...]
     test_videos: tuple[int, ...]
     selection: str = "val"
     meta: dict = field(default_factory=dict)
 
     @property
+    def device(self) -> torch.device:
+        return self.x_train.device
+
+    @property
     def frame_size(self) -> tuple[int, int]:
-        return tuple(self.x_train.shape[-2:])
+        return self.x_train.frame_size
 
     def video_labels(self, i: int) -> torch.Tensor:
         return self.eval_labels[self.offsets[i] : self.offsets[i + 1]]
 
-    def video_frames(self, i: int) -> torch.Tensor:
-        return self.x_eval[self.offsets[i] : self.offsets[i + 1]]
+    def video_frames(self, i: int) -> Frames:
+        return self.x_eval.slice(self.offsets[i], self.offsets[i + 1])
 
     @property
     def y_val(self) -> torch.Tensor:
@@ -455,49 +724,43 @@ class VideoSplit:
     def y_test(self) -> torch.Tensor:
         return torch.cat([self.video_labels(i) for i in self.test_videos])
 
-    def clips(self, frames: torch.Tensor, starts: torch.Tensor) -> torch.Tensor:
+    def clips(self, frames: Frames, starts: torch.Tensor) -> torch.Tensor:
         """(B, 3, T, H, W) float clips in [0, 1] starting at `starts` (indices into `frames`)."""
         idx = starts[:, None] + torch.arange(self.clip_length, device=starts.device)  # (B, T)
-        return frames[idx].permute(0, 2, 1, 3, 4).float().div_(255)
+        return frames.gather(idx).permute(0, 2, 1, 3, 4).float().div_(255)
 
     def to(self, device: torch.device | str) -> VideoSplit:
-        """Move the frames to `device`; a process keeps one copy per device however many splits share them."""
-        key = self.meta.get("cache_key")
-        device = torch.device(device)
-        if key is not None:
-            x_train, x_eval = _on_device(key, device)
+        """The split on `device`. Resident frames are decoded there once per process (however many splits share
+        them) unless they would take over half of the device's free memory: then the split switches to the encoded
+        path (meta["frames"] says which). Encoded frames stay on the host and are decoded on `device`."""
+        device, key = torch.device(device), self.meta.get("cache_key")
+        if key is not None and self.x_train.kind == "resident" and device != self.device:
+            x_train, x_eval = _resident_on(*key, device)  # decoded there, not copied from the host
         else:
             x_train, x_eval = self.x_train.to(device), self.x_eval.to(device)
-        return replace(
-            self,
-            x_train=x_train,
-            x_eval=x_eval,
-            train_starts=self.train_starts.to(device),
-            eval_labels=self.eval_labels.to(device),
-        )
+        meta = {**self.meta, "frames": x_train.kind}
+        return replace(self, x_train=x_train, x_eval=x_eval, train_starts=self.train_starts.to(device),
+                       eval_labels=self.eval_labels.to(device), meta=meta)  # fmt: skip
 
     def summary(self) -> str:
         return (
             f"{self.dataset}: train {len(self.x_train)} frames ({len(self.train_starts)} windows of "
             f"{self.clip_length}), validation {len(self.val_videos)} videos / {len(self.y_val)} frames, test "
             f"{len(self.test_videos)} videos / {len(self.y_test)} frames ({int(self.y_test.sum())} anomalous), "
-            f"{self.frame_size[0]}x{self.frame_size[1]}, selection on {self.selection}"
+            f"{self.frame_size[0]}x{self.frame_size[1]}, {self.x_train.kind} frames, selection on {self.selection}"
         )
 
 
-@lru_cache(maxsize=2)
-def _on_device(key: tuple, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    root, frame_size = key
-    train, test = (_load_part(root, part, frame_size) for part in PARTS)
+def _resident_on(root: str, requested: tuple[int, int] | None, device: torch.device) -> tuple[Frames, Frames]:
+    """Both parts resident on `device`, or encoded frames decoded on `device` when the resident ones would take
+    more than half of its free memory (the rest is for the model and its activations)."""
+    parts = [_encoded_part(root, p) for p in PARTS]
     if device.type == "cuda":
-        need = train.frames.nbytes + test.frames.nbytes
-        free = torch.cuda.mem_get_info(device)[0]
-        if need > 0.8 * free:  # leave room for the model and its activations
-            raise DatasetError(
-                f"the frames need {need / 2**30:.1f} GiB on {device} but {free / 2**30:.1f} GiB are free: pass a "
-                "smaller frame_size in the data options (e.g. 128x256)"
-            )
-    return train.frames.to(device), test.frames.to(device)
+        height, width = requested or parts[0].sizes[0]
+        need = sum(len(p) for p in parts) * 3 * height * width
+        if need > 0.5 * torch.cuda.mem_get_info(device)[0]:
+            return tuple(EncodedFrames(p, requested, device, 0, len(p)) for p in parts)
+    return tuple(ResidentFrames(_decoded(root, p, requested, device)) for p in PARTS)
 
 
 def load(
@@ -506,10 +769,13 @@ def load(
     selection: str = "val",
     clip_length: int = 16,
     frame_size: tuple[int, int] | list[int] | None = None,
+    decoded_budget_gb: float | None = None,
     **_: object,
 ) -> VideoSplit:
     """The prepared dataset at `data_root` as a VideoSplit. `frame_size` (H, W) resizes at load time (None keeps
-    the prepared size); the dataset is one class, so `normal_class` must be 0."""
+    the prepared size); the dataset is one class, so `normal_class` must be 0. The frames stay resident (decoded)
+    when train + test decoded take at most `decoded_budget_gb` (default DECODED_BUDGET_GB) and half of the host's
+    memory, else encoded (JPEG bytes decoded per batch); meta["frames"] records which."""
     if normal_class != 0:
         raise DatasetError(f"ShanghaiTech has one class (0: all), got {normal_class}")
     if data_root is None:
@@ -519,14 +785,19 @@ def load(
         )
     if clip_length < 1:
         raise DatasetError(f"clip_length must be positive, got {clip_length}")
+    if decoded_budget_gb is not None and not decoded_budget_gb >= 0:
+        raise DatasetError(f"decoded_budget_gb must be 0 or more (0 = always encoded), got {decoded_budget_gb}")
     root = str(Path(data_root).expanduser().resolve())
-    size = tuple(int(s) for s in frame_size) if frame_size is not None else None
-    train, test = _load_part(root, "training", size), _load_part(root, "testing", size)
-    if tuple(train.frames.shape[-2:]) != tuple(test.frames.shape[-2:]):
-        raise DatasetError(
-            f"training frames are {tuple(train.frames.shape[-2:])} but test frames {tuple(test.frames.shape[-2:])}: "
-            "prepare both parts at one size or pass frame_size"
-        )
+    requested = tuple(int(s) for s in frame_size) if frame_size is not None else None
+    train, test = (_encoded_part(root, part) for part in PARTS)
+    if requested is None:  # every video must then have the first training video's size
+        for part in (train, test):
+            for name, size in zip(part.names, part.sizes, strict=True):
+                if size != train.sizes[0]:
+                    raise DatasetError(
+                        f"video {name} has {size[0]}x{size[1]} frames but {train.names[0]} has "
+                        f"{train.sizes[0][0]}x{train.sizes[0][1]}: prepare every video at one size or pass frame_size"
+                    )
     short = [n for i, n in enumerate(test.names) if test.length(i) < clip_length]
     if short:
         raise DatasetError(f"test video {short[0]} has fewer than {clip_length} frames: use a shorter clip_length")
@@ -543,21 +814,38 @@ def load(
                 f"the {what} videos hold only {'anomalous' if y[0] else 'normal'} frames, so no AUC exists: "
                 "use selection 'test' or add test videos with both kinds of frames"
             )
+    height, width = requested or train.sizes[0]
+    decoded = (len(train) + len(test)) * 3 * height * width
+    budget = (DECODED_BUDGET_GB if decoded_budget_gb is None else decoded_budget_gb) * 2**30
+    host = _host_memory()
+    cpu = torch.device("cpu")
+    if decoded <= (budget if host is None else min(budget, 0.5 * host)):
+        x_train, x_eval = (ResidentFrames(_decoded(root, part, requested, cpu)) for part in PARTS)
+    else:
+        x_train, x_eval = (EncodedFrames(part, requested, cpu, 0, len(part)) for part in (train, test))
+    meta = {
+        "cache_key": (root, requested),
+        "frames": x_train.kind,
+        "decoded_gib": decoded / 2**30,  # what the resident path holds (on the host, and again on a GPU)
+        "encoded_gib": (train.nbytes + test.nbytes) / 2**30,  # what the encoded path holds (on the host only)
+        "train_videos": train.names,
+        "short_train_videos": skipped,
+    }
     return VideoSplit(
         dataset="shanghaitech",
         normal_class=0,
         class_name=CLASSES[0],
         clip_length=clip_length,
-        x_train=train.frames,
+        x_train=x_train,
         train_starts=starts,
-        x_eval=test.frames,
+        x_eval=x_eval,
         eval_labels=labels,
         videos=test.names,
         offsets=test.offsets,
         val_videos=val_videos,
         test_videos=test_videos,
         selection=selection,
-        meta={"cache_key": (root, size), "train_videos": train.names, "short_train_videos": skipped},
+        meta=meta,
     )
 
 
