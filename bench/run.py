@@ -132,9 +132,10 @@ def section_packed(device: torch.device, args) -> list[dict]:
     return rows
 
 
-def _bench_subprocess(cmd: list[str], timeout: float) -> tuple[float, str]:
+def _bench_subprocess(cmd: list[str], timeout: float, env: dict | None = None) -> tuple[float, str]:
     start = time.perf_counter()
-    out = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=RESULTS.parent.parent)
+    env = {**os.environ, **(env or {})}
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=RESULTS.parent.parent, env=env)
     if out.returncode != 0:
         raise RuntimeError(f"{' '.join(cmd)} failed ({out.returncode}): {out.stderr[-2000:]}")
     return time.perf_counter() - start, out.stdout
@@ -167,7 +168,8 @@ def _overhead_pair(runs: int, epochs: int, timeout: float) -> dict:
             cmd = [sys.executable, "-m", "bench.overhead", "--side", side, "--runs", str(runs), "--epochs",
                    str(epochs), "--storage", storage]  # fmt: skip
             out[f"{side}_load_average"] = load_average()
-            process_s, stdout = _bench_subprocess(cmd, timeout)
+            # Ray starts a 1-CPU worker with OMP_NUM_THREADS=1: the loop gets the same thread environment
+            process_s, stdout = _bench_subprocess(cmd, timeout, env={"OMP_NUM_THREADS": "1"})
             out[side] = {**json.loads(stdout.strip().splitlines()[-1]), "process_s": process_s}
         finally:
             shutil.rmtree(storage, ignore_errors=True)
