@@ -226,7 +226,11 @@ def section_demo(args) -> dict:
 
 
 def section_compile(device: torch.device, args) -> dict:
+    """One digits run eager, compiled twice, eager again. Inductor keeps compiled kernels in an on-disk cache
+    shared by later processes; a fresh cache folder here makes the first compiled run pay a cold compile."""
     from engine.trial import TrialSpec, run_trial
+
+    os.environ["TORCHINDUCTOR_CACHE_DIR"] = tempfile.mkdtemp(prefix="bench-inductor-")
 
     fields = dict(dataset="digits", normal_class=0, ae_epochs=20, oc_epochs=20, batch_size=64, ae_lr=3e-3,
                   oc_lr=1e-3, warmup_epochs=5, device=str(device))  # fmt: skip
