@@ -38,7 +38,7 @@ import pyarrow.fs as pafs
 from ray.tune.search import Searcher
 
 from engine.cli import Parser
-from engine.data import DATASETS, DatasetError, class_names, dataset_module, load_split
+from engine.data import DATASETS, DatasetError, class_names, clear_caches, dataset_module, load_split
 from engine.data.base import resolve_class
 from engine.plan import (
     BASELINES,
@@ -679,6 +679,7 @@ def check_data(ctx: SweepContext, classes: list[int]) -> None:
     spec = spec_from_config(ctx, {"normal_class": classes[0]}).validate()
     load_split(spec.dataset, spec.normal_class, data_root=spec.data_root, selection=spec.selection,
                **dict(spec.data_options))  # fmt: skip
+    clear_caches()  # the driver trains nothing: do not hold the dataset (GBs for ShanghaiTech) for the whole sweep
 
 
 def run_sweep(args: argparse.Namespace) -> int:

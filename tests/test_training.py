@@ -119,3 +119,13 @@ def test_run_key_ignores_location_and_device_but_not_settings():
 def test_bad_specs_are_refused(bad, message):
     with pytest.raises(ValueError, match=message):
         run_trial(TrialSpec(**{**FAST, **bad}))
+
+
+def test_clear_caches_drops_decoded_data():
+    import engine.data.digits as digits
+    from engine.data import clear_caches
+
+    load_split("digits", 1)
+    assert digits._raw.cache_info().currsize == 1
+    clear_caches()
+    assert digits._raw.cache_info().currsize == 0

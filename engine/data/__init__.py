@@ -48,4 +48,16 @@ def load_split(
     return module.load(index, data_root=data_root, selection=selection, **options)
 
 
-__all__ = ["DATASETS", "DatasetError", "OneClassSplit", "class_names", "dataset_module", "load_split"]
+def clear_caches() -> None:
+    """Drop every dataset module's per-process cache of decoded data (e.g. after a check in the sweep's driver,
+    which trains nothing and should not hold a dataset in memory for hours)."""
+    import sys
+
+    for name in DATASETS.values():
+        module = sys.modules.get(name)
+        for value in vars(module).values() if module else ():
+            if callable(getattr(value, "cache_clear", None)):
+                value.cache_clear()
+
+
+__all__ = ["DATASETS", "DatasetError", "OneClassSplit", "class_names", "clear_caches", "dataset_module", "load_split"]
