@@ -44,6 +44,7 @@ class SweepContext:
     data_options: tuple[tuple[str, object], ...] = ()
     cpus_per_run: float = 1.0
     device: str = "auto"
+    compile: bool = False  # torch.compile the training steps; each worker process compiles once (engine/compiled.py)
 
 
 def spec_from_config(ctx: SweepContext, config: dict) -> TrialSpec:
@@ -55,6 +56,7 @@ def spec_from_config(ctx: SweepContext, config: dict) -> TrialSpec:
         data_root=ctx.data_root,
         data_options=tuple(sorted(options.items())),
         device=ctx.device,
+        compile=ctx.compile,
     )
     return TrialSpec(**fields)
 

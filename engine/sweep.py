@@ -336,6 +336,11 @@ def build_parser() -> Parser:
     )
     p.add_argument("--num-cpus", type=int, help="CPUs of the local Ray (default: all); ignored with --address")
     p.add_argument(
+        "--compile",
+        action="store_true",
+        help="torch.compile the training steps, once per worker process (pays off on GPUs and over many runs)",
+    )
+    p.add_argument(
         "--cpus-per-run",
         type=float,
         default=1.0,
@@ -687,7 +692,7 @@ def run_sweep(args: argparse.Namespace) -> int:
     ctx = SweepContext(
         dataset=args.dataset, store_uri="", sweep=name, budget=args.budget, selection=args.selection,
         data_root=os.path.abspath(os.path.expanduser(args.data_root)) if args.data_root else None,
-        data_options=options, cpus_per_run=args.cpus_per_run,
+        data_options=options, cpus_per_run=args.cpus_per_run, compile=args.compile,
     )  # fmt: skip
     check_data(ctx, classes)
     store = prepare_store(args, name)

@@ -69,3 +69,13 @@ def test_compiled_runs_equal_eager_runs_and_compile_once_per_process(monkeypatch
 def test_compile_and_layout_are_not_part_of_the_run_key():
     base = TrialSpec(normal_class=1)
     assert run_key(base) == run_key(TrialSpec(normal_class=1, compile=True, memory_format="channels_last"))
+
+
+def test_sweep_compile_flag_reaches_every_run_without_changing_its_key():
+    from engine.plan import SweepContext, spec_from_config
+    from engine.sweep import build_parser
+
+    assert build_parser().parse_args(["digits", "--compile"]).compile
+    plain = spec_from_config(SweepContext(dataset="digits", store_uri="", sweep="s"), {"normal_class": 0})
+    fast = spec_from_config(SweepContext(dataset="digits", store_uri="", sweep="s", compile=True), {"normal_class": 0})
+    assert fast.compile and not plain.compile and run_key(fast) == run_key(plain)
