@@ -29,6 +29,9 @@ from pathlib import Path
 
 import torch
 
+from bench.provenance import cpu_name
+from engine.trial import code_version
+
 RESULTS = Path(__file__).resolve().parent / "results" / "mvtec_throughput.json"
 CASES = {128: dict(image_size=128, patch_size=None, rotation=(-45.0, 45.0)),  # an object category
          64: dict(image_size=512, patch_size=64, rotation=(0.0, 45.0))}  # a texture category  # fmt: skip
@@ -108,25 +111,6 @@ def measure(size: int, stage: str, batch_size: int, steps: int, device: str) -> 
     return row
 
 
-def _git_describe() -> str:
-    try:
-        out = subprocess.run(["git", "describe", "--always", "--dirty"], capture_output=True, text=True, timeout=5,
-                             cwd=Path(__file__).resolve().parent)  # fmt: skip
-        return out.stdout.strip() or "unknown"
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
-
-
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
-
-
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m bench.mvtec_throughput", description=__doc__.splitlines()[0])
     p.add_argument("--sizes", default="128,64", help="network input sides to measure (128 and/or 64)")
@@ -157,11 +141,11 @@ def main(argv: list[str] | None = None) -> int:
         "rows": rows,
         "provenance": {
             "torch": torch.__version__,
-            "device": args.device if args.device != "cpu" else f"cpu: {_cpu_name()}",
+            "device": args.device if args.device != "cpu" else f"cpu: {cpu_name()}",
             "threads": torch.get_num_threads(),
             "cpu_count": os.cpu_count(),
             "load_average_at_end": os.getloadavg(),
-            "git_describe": _git_describe(),
+            "git_describe": code_version(),
             "hostname": platform.node(),
             "python": platform.python_version(),
             "finished_at": datetime.now(UTC).isoformat(timespec="seconds"),

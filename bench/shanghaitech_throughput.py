@@ -43,6 +43,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from bench.provenance import cpu_name
+from engine.trial import code_version
+
 RESULTS = Path(__file__).resolve().parent / "results" / "shanghaitech_throughput.json"
 CASES = {
     "paper": dict(clip_length=16, frame_size=(256, 512), model={}),
@@ -270,25 +273,6 @@ def parameter_counts() -> dict:
     }
 
 
-def _git_describe() -> str:
-    try:
-        out = subprocess.run(["git", "describe", "--always", "--dirty"], capture_output=True, text=True, timeout=5,
-                             cwd=Path(__file__).resolve().parent)  # fmt: skip
-        return out.stdout.strip() or "unknown"
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
-
-
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
-
-
 def _prepare_data(tmp: Path) -> tuple[dict[str, Path], dict]:
     """Prepared data per case (the synthetic release at 256 x 512 for paper, the test fixture at 32 x 64 for
     test) and the compression of each."""
@@ -362,12 +346,12 @@ def main(argv: list[str] | None = None) -> int:
         "rows": rows,
         "provenance": {
             "torch": torch.__version__,
-            "device": args.device if args.device != "cpu" else f"cpu: {_cpu_name()}",
+            "device": args.device if args.device != "cpu" else f"cpu: {cpu_name()}",
             "threads": args.threads,
             "cpu_count": os.cpu_count(),
             "load_average_at_end": os.getloadavg(),
             "wall_s": time.perf_counter() - started,
-            "git_describe": _git_describe(),
+            "git_describe": code_version(),
             "hostname": platform.node(),
             "python": platform.python_version(),
             "finished_at": datetime.now(UTC).isoformat(timespec="seconds"),
