@@ -14,6 +14,7 @@ configs that set the epochs, so every run lasts about as long as the caller asks
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import os
@@ -21,6 +22,7 @@ import statistics
 import sys
 import tempfile
 import time
+from pathlib import Path
 
 from engine.plan import TRAINING_LOG
 
@@ -57,16 +59,42 @@ def _store_summary(store, start: float) -> dict:
     }
 
 
+def cpu_seconds() -> float:
+    """CPU seconds of this process and of every live process it started, directly or not (Ray's daemons and
+    workers: sample before ray.shutdown), from /proc; NaN where there is no /proc. Unlike wall time this is the work
+    a side did, whatever else the machine was running."""
+    procs = {}
+    try:
+        for pid in os.listdir("/proc"):
+            if pid.isdigit():
+                with contextlib.suppress(OSError):
+                    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+                    # ppid; utime, stime, cutime, cstime in clock ticks (the last two: its exited children)
+                    procs[int(pid)] = (int(fields[1]), sum(int(v) for v in fields[11:15]))
+    except OSError:
+        return math.nan
+    children: dict[int, list[int]] = {}
+    for pid, (ppid, _) in procs.items():
+        children.setdefault(ppid, []).append(pid)
+    total, todo = 0, [os.getpid()]
+    while todo:
+        pid = todo.pop()
+        total += procs.get(pid, (0, 0))[1]
+        todo += children.get(pid, [])
+    return total / os.sysconf("SC_CLK_TCK")
+
+
 def loop_side(configs: list[dict], storage: str) -> dict:
     from engine.plan import SweepContext, run_and_store
     from results import ResultsStore
 
     store = ResultsStore(f"{storage}/bench-loop")
     ctx = SweepContext(dataset="digits", store_uri=store.uri, sweep="bench-loop", cpus_per_run=1.0)
-    start, unix_start = time.perf_counter(), time.time()
+    start, unix_start, cpu = time.perf_counter(), time.time(), cpu_seconds()
     for config in configs:
         run_and_store(config, ctx)
-    return {"wall_s": time.perf_counter() - start, **_store_summary(store, unix_start)}
+    wall = time.perf_counter() - start
+    return {"wall_s": wall, "cpu_s": cpu_seconds() - cpu, **_store_summary(store, unix_start)}
 
 
 def sweep_side(configs: list[dict], storage: str) -> dict:
@@ -79,18 +107,20 @@ def sweep_side(configs: list[dict], storage: str) -> dict:
     )
     store = sweep.prepare_store(args, name)
     ctx = SweepContext(dataset="digits", store_uri=store.uri, sweep=name, cpus_per_run=1.0)
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), cpu_seconds()
     runner = sweep.Runner(ctx, store, args)
     try:
         runner._start()  # Ray start-up, timed apart from the runs
         started, unix_started = time.perf_counter(), time.time()
         runner.grid("seeds", configs, 0)
         finished = time.perf_counter()
+        cpu = cpu_seconds() - cpu  # driver + Ray's processes, while they still exist (shutdown's CPU is left out)
     finally:
         runner.close()
     end = time.perf_counter()
     return {
         "wall_s": end - start,
+        "cpu_s": cpu,
         "ray_start_s": started - start,
         "runs_wall_s": finished - started,
         "ray_shutdown_s": end - finished,

@@ -31,6 +31,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import math
 import os
 import platform
 import shutil
@@ -160,22 +161,37 @@ def calibrate_epochs(target_s: float) -> tuple[int, float]:
     return max(1, round(20 * target_s / seconds)), seconds
 
 
-def _overhead_pair(runs: int, epochs: int, timeout: float) -> dict:
-    out = {}
-    for side in ("loop", "sweep"):
-        storage = tempfile.mkdtemp(prefix=f"bench-{side}-")
-        try:
-            cmd = [sys.executable, "-m", "bench.overhead", "--side", side, "--runs", str(runs), "--epochs",
-                   str(epochs), "--storage", storage]  # fmt: skip
-            out[f"{side}_load_average"] = load_average()
-            # Ray starts a 1-CPU worker with OMP_NUM_THREADS=1: the loop gets the same thread environment
-            process_s, stdout = _bench_subprocess(cmd, timeout, env={"OMP_NUM_THREADS": "1"})
-            out[side] = {**json.loads(stdout.strip().splitlines()[-1]), "process_s": process_s}
-        finally:
-            shutil.rmtree(storage, ignore_errors=True)
+def _overhead_pair(runs: int, epochs: int, timeout: float, reps: int = 1) -> dict:
+    """Loop and sweep sides, each in a fresh process and store; with reps > 1 in ABBA order (loop, sweep, sweep,
+    loop, ...) so that a load that drifts over the measurement weighs on both sides alike. Three measures:
+    `overhead` = (sweep wall - loop wall) / loop wall; `overhead_vs_summed_runs` = the sweep's wall over its own runs'
+    summed time, one window, so other jobs' load cancels; `overhead_cpu` = extra CPU seconds of the sweep's
+    processes (driver, Ray's daemons and worker) over the loop's."""
+    sides: dict[str, list[dict]] = {"loop": [], "sweep": []}
+    loads: dict[str, list[float]] = {"loop": [], "sweep": []}
+    for rep in range(reps):
+        for side in ("loop", "sweep") if rep % 2 == 0 else ("sweep", "loop"):
+            storage = tempfile.mkdtemp(prefix=f"bench-{side}-")
+            try:
+                cmd = [sys.executable, "-m", "bench.overhead", "--side", side, "--runs", str(runs), "--epochs",
+                       str(epochs), "--storage", storage]  # fmt: skip
+                loads[side].append(load_average())
+                # Ray starts a 1-CPU worker with OMP_NUM_THREADS=1: the loop gets the same thread environment
+                process_s, stdout = _bench_subprocess(cmd, timeout, env={"OMP_NUM_THREADS": "1"})
+                sides[side].append({**json.loads(stdout.strip().splitlines()[-1]), "process_s": process_s})
+            finally:
+                shutil.rmtree(storage, ignore_errors=True)
+
+    def mean(side: str, key: str) -> float:
+        return statistics.mean(r[key] for r in sides[side])
+
+    out = {side: {k: mean(side, k) for k, v in rows[0].items() if isinstance(v, int | float)} for side, rows in
+           sides.items()}  # fmt: skip
+    out.update(reps=reps, each=sides, loop_load_average=loads["loop"], sweep_load_average=loads["sweep"])
     loop, sweep = out["loop"], out["sweep"]
     out["overhead"] = (sweep["wall_s"] - loop["wall_s"]) / loop["wall_s"]
     out["overhead_vs_summed_runs"] = (sweep["wall_s"] - sweep["summed_run_s"]) / sweep["summed_run_s"]
+    out["overhead_cpu"] = (sweep["cpu_s"] - loop["cpu_s"]) / loop["cpu_s"]
     out["fixed_s"] = sweep["ray_start_s"] + sweep["first_run_wait_s"] + sweep["ray_shutdown_s"]
     out["per_run_extra_s"] = sweep["between_runs_s"] - loop["between_runs_s"]
     return out
@@ -188,8 +204,12 @@ def section_overhead(args) -> dict:
     print(f"  a 20+20-epoch digits run takes {seconds:.2f} s here: {epochs}+{epochs} epochs for ~{args.run_seconds} s",
           flush=True)  # fmt: skip
     timeout = 60 + 20 * args.overhead_runs * args.run_seconds
-    main = _overhead_pair(args.overhead_runs, epochs, timeout)
-    print(f"  {args.overhead_runs} runs: sweep overhead {main['overhead']:+.1%}", flush=True)
+    main = _overhead_pair(args.overhead_runs, epochs, timeout, args.overhead_reps)
+    print(
+        f"  {args.overhead_runs} runs: sweep overhead {main['overhead']:+.1%} (wall vs loop), "
+        f"{main['overhead_vs_summed_runs']:+.1%} (vs its runs), {main['overhead_cpu']:+.1%} (CPU)",
+        flush=True,
+    )
     tiny = _overhead_pair(args.tiny_runs, 1, timeout)
     n = args.tiny_runs
     return {
@@ -300,8 +320,13 @@ def targets(result: dict) -> dict:
                                "holds": min(ratios) >= TARGET_LOOP_RATIO}  # fmt: skip
     overhead = (result.get("overhead") or {}).get("main")
     if overhead:
-        out["sweep_overhead"] = {"target": f"<= {TARGET_SWEEP_OVERHEAD:.0%}", "measured": overhead["overhead"],
-                                 "holds": overhead["overhead"] <= TARGET_SWEEP_OVERHEAD}  # fmt: skip
+        out["sweep_overhead"] = {
+            "target": f"<= {TARGET_SWEEP_OVERHEAD:.0%}",
+            "measured": overhead["overhead"],
+            "holds": overhead["overhead"] <= TARGET_SWEEP_OVERHEAD,
+            "vs_summed_runs": overhead["overhead_vs_summed_runs"],
+            "cpu": overhead.get("overhead_cpu"),
+        }
     gpu = result.get("gpu") or {}
     per_hour = [c["runs_per_gpu_hour"] for c in gpu.get("concurrent", []) + gpu.get("packed", [])
                 if "runs_per_gpu_hour" in c]  # fmt: skip
@@ -344,14 +369,15 @@ def markdown(result: dict) -> str:
     o = result.get("overhead")
     if o:
         m, t = o["main"], o["tiny"]
+        loop, sweep, each = m["loop"], m["sweep"], m["loop"]["summed_run_s"] / o["runs"]
         lines += [
-            f"- sweep overhead, {o['runs']} digits runs of {o['epochs']}+{o['epochs']} epochs "
-            f"(~{m['loop']['summed_run_s'] / o['runs']:.1f} s each), one at a time: plain loop "
-            f"{m['loop']['wall_s']:.1f} s, sweep {m['sweep']['wall_s']:.1f} s -> overhead {m['overhead']:+.1%} "
-            f"(fixed: Ray start "
-            f"{m['sweep']['ray_start_s']:.1f} s, wait for the first run {m['sweep']['first_run_wait_s']:.1f} s, "
-            f"shutdown {m['sweep']['ray_shutdown_s']:.1f} s; between runs {m['sweep']['between_runs_s'] * 1000:.0f} ms "
-            f"vs {m['loop']['between_runs_s'] * 1000:.0f} ms in the loop; load {m['loop_load_average']}/"
+            f"- sweep overhead, {o['runs']} digits runs of {o['epochs']}+{o['epochs']} epochs (~{each:.1f} s each), "
+            f"one at a time, {m.get('reps', 1)} pair(s): plain loop {loop['wall_s']:.1f} s, sweep "
+            f"{sweep['wall_s']:.1f} s -> {m['overhead']:+.1%} wall vs loop; {m['overhead_vs_summed_runs']:+.1%} over "
+            f"the sweep's own summed run time; {m.get('overhead_cpu', math.nan):+.1%} in CPU seconds. Fixed: Ray "
+            f"start {sweep['ray_start_s']:.1f} s, wait for the first run {sweep['first_run_wait_s']:.1f} s, shutdown "
+            f"{sweep['ray_shutdown_s']:.1f} s; between runs {sweep['between_runs_s'] * 1000:.0f} ms vs "
+            f"{loop['between_runs_s'] * 1000:.0f} ms in the loop (load {m['loop_load_average']} / "
             f"{m['sweep_load_average']})",
             f"- plain function trainable, {t['runs']} tiny runs: Tune experiment {t['sweep']['wall_s']:.1f} s vs "
             f"{t['loop']['wall_s']:.1f} s of direct calls = {t['per_run_overhead_s']:.2f} s per run including "
@@ -434,6 +460,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--digits-epochs", type=int, help="epochs per digits measurement (default 100)")
     p.add_argument("--overhead-runs", type=int, default=20, help="runs of ~--run-seconds each, sweep vs loop")
     p.add_argument("--run-seconds", type=float, default=10.0, help="target length of one overhead run")
+    p.add_argument("--overhead-reps", type=int, default=1, help="loop/sweep pairs, in ABBA order when > 1")
     p.add_argument("--tiny-runs", type=int, default=10, help="1-epoch runs for the per-run overhead")
     p.add_argument("--gpu-device", default="cuda", help="device of the GPU section (runs only if available)")
     p.add_argument("--gpu-runs-per-device", type=_ints, default=[1, 2, 4, 8], help="concurrent runs per GPU")
