@@ -51,6 +51,18 @@ def subsets(num_layers: int, must_include: int | None = None) -> list[tuple[int,
     return [c for c in out if must_include is None or must_include in c]
 
 
+def suggest_categorical_lrs(trial, learning_rates, layer_sets, boundary: str | None, nu=(1e-3, 0.1)) -> None:
+    """The define-by-run space shared by datasets whose learning rates come from a small set (the paper's way):
+    ae_lr and oc_lr from `learning_rates`, nu log-uniform in `nu`, one of `layer_sets`, and the boundary when
+    the experiment does not fix it."""
+    trial.suggest_categorical("ae_lr", learning_rates)
+    trial.suggest_categorical("oc_lr", learning_rates)
+    trial.suggest_float("nu", *nu, log=True)
+    trial.suggest_categorical("layers", [layers_to_str(s) for s in layer_sets])
+    if boundary is None:
+        trial.suggest_categorical("boundary", ["soft", "hard"])
+
+
 def params_to_fields(params: dict) -> dict:
     """Optuna's flat parameters -> TrialSpec fields (layers travel as "0,1,3" strings: Optuna needs scalars)."""
     fields = dict(params)

@@ -15,7 +15,7 @@ Where the values come from:
 
 from __future__ import annotations
 
-from search_spaces import layers_to_str, subsets
+from search_spaces import subsets, suggest_categorical_lrs
 
 DATASET = "cifar10"
 CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
@@ -38,9 +38,4 @@ def fixed(budget: str, normal_class: int) -> dict:
 
 
 def define_search(trial, boundary: str | None = None) -> None:
-    trial.suggest_categorical("ae_lr", LEARNING_RATES)
-    trial.suggest_categorical("oc_lr", LEARNING_RATES)
-    trial.suggest_float("nu", 1e-3, 0.1, log=True)
-    trial.suggest_categorical("layers", [layers_to_str(s) for s in LAYER_SETS])
-    if boundary is None:
-        trial.suggest_categorical("boundary", ["soft", "hard"])
+    suggest_categorical_lrs(trial, LEARNING_RATES, LAYER_SETS, boundary)

@@ -31,7 +31,7 @@ Where the values come from:
 from __future__ import annotations
 
 from engine.data.mvtec import CLASSES, category_rules
-from search_spaces import layers_to_str
+from search_spaces import suggest_categorical_lrs
 
 DATASET = "mvtec"
 MODEL = "resae_mvtec"
@@ -79,9 +79,4 @@ def fixed(budget: str, normal_class: int) -> dict:
 
 
 def define_search(trial, boundary: str | None = None) -> None:
-    trial.suggest_categorical("ae_lr", LEARNING_RATES)
-    trial.suggest_categorical("oc_lr", LEARNING_RATES)
-    trial.suggest_float("nu", 1e-3, 0.1, log=True)
-    trial.suggest_categorical("layers", [layers_to_str(s) for s in LAYER_SETS])
-    if boundary is None:
-        trial.suggest_categorical("boundary", ["soft", "hard"])
+    suggest_categorical_lrs(trial, LEARNING_RATES, LAYER_SETS, boundary)
