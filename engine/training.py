@@ -32,9 +32,10 @@ from engine.objective import centroids_from_mean, one_class_loss, squared_distan
 
 PRECISIONS = ("fp32", "bf16")
 MEMORY_FORMATS = ("auto", "contiguous", "channels_last")
-# what "auto" means per device type. CPU: measured by `make bench` on a 2-core AMD EPYC (oneDNN convolutions), see
-# bench/results/README.md. CUDA: channels_last (cuDNN's native layout for tensor-core convolutions); the GPU section
-# of `make bench` measures both.
+# what "auto" means per device type. CPU: channels_last, measured by `make bench` on a 2-core AMD EPYC (oneDNN):
+# stage 1, which dominates a run, 1.06-1.19x (lenet_cifar10) and 1.05-1.15x (lenet_digits) the images/s of
+# contiguous; stage 2 within noise (0.93-1.08x); see bench/results/README.md. CUDA: channels_last (cuDNN's layout
+# for tensor-core convolutions), not measured here: the GPU section of `make bench` measures both.
 AUTO_MEMORY_FORMAT = {"cpu": "channels_last", "cuda": "channels_last"}
 
 
