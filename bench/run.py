@@ -46,6 +46,7 @@ from pathlib import Path
 import torch
 
 from bench import throughput as tp
+from bench.provenance import cpu_name
 
 RESULTS = Path(__file__).resolve().parent / "results"
 TARGET_LOOP_RATIO = 0.9  # engine loop >= 0.9x the bare loop's images/s
@@ -54,23 +55,13 @@ TARGET_GPU_RUNS_PER_HOUR = 600  # CIFAR-10 runs at the paper budget per GPU-hour
 
 
 # -- provenance and load -----------------------------------------------------------------------------------------------
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
-
-
 def provenance(device: torch.device, precision: str) -> dict:
     from engine.trial import code_version
 
     return {
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
         "device": str(device),
-        "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else _cpu_name(),
+        "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_name(),
         "cpu_cores": os.cpu_count(),
         "threads": torch.get_num_threads(),
         "precision": precision,
