@@ -18,19 +18,16 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import resource
 import subprocess
 import sys
 import time
-from datetime import UTC, datetime
 from functools import partial
 from pathlib import Path
 
 import torch
 
-from bench.provenance import cpu_name
-from engine.trial import code_version
+from bench.provenance import script_provenance, write_json
 
 RESULTS = Path(__file__).resolve().parent / "results" / "mvtec_throughput.json"
 CASES = {128: dict(image_size=128, patch_size=None, rotation=(-45.0, 45.0)),  # an object category
@@ -139,23 +136,9 @@ def main(argv: list[str] | None = None) -> int:
         "benchmark": "mvtec_throughput",
         "model": "resae_mvtec (selectors, code 128)",
         "rows": rows,
-        "provenance": {
-            "torch": torch.__version__,
-            "device": args.device if args.device != "cpu" else f"cpu: {cpu_name()}",
-            "threads": torch.get_num_threads(),
-            "cpu_count": os.cpu_count(),
-            "load_average_at_end": os.getloadavg(),
-            "git_describe": code_version(),
-            "hostname": platform.node(),
-            "python": platform.python_version(),
-            "finished_at": datetime.now(UTC).isoformat(timespec="seconds"),
-        },
+        "provenance": script_provenance(args.device, torch.get_num_threads()),
     }
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    tmp = args.output.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(result, indent=2) + "\n")
-    tmp.replace(args.output)
-    print(f"wrote {args.output}")
+    write_json(args.output, result)
     return 0
 
 

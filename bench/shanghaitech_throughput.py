@@ -30,21 +30,17 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import resource
 import subprocess
 import sys
 import tempfile
 import time
-from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from bench.provenance import cpu_name
-from engine.trial import code_version
+from bench.provenance import script_provenance, write_json
 
 RESULTS = Path(__file__).resolve().parent / "results" / "shanghaitech_throughput.json"
 CASES = {
@@ -344,24 +340,9 @@ def main(argv: list[str] | None = None) -> int:
         "parameters": parameter_counts(),
         "gflop_per_clip": {name: gflop_per_clip(name) for name in cases},
         "rows": rows,
-        "provenance": {
-            "torch": torch.__version__,
-            "device": args.device if args.device != "cpu" else f"cpu: {cpu_name()}",
-            "threads": args.threads,
-            "cpu_count": os.cpu_count(),
-            "load_average_at_end": os.getloadavg(),
-            "wall_s": time.perf_counter() - started,
-            "git_describe": code_version(),
-            "hostname": platform.node(),
-            "python": platform.python_version(),
-            "finished_at": datetime.now(UTC).isoformat(timespec="seconds"),
-        },
+        "provenance": script_provenance(args.device, args.threads, wall_s=time.perf_counter() - started),
     }
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    tmp = args.output.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(result, indent=2) + "\n")
-    tmp.replace(args.output)
-    print(f"wrote {args.output}")
+    write_json(args.output, result)
     return 0
 
 
