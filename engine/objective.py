@@ -2,7 +2,9 @@
 
 Shapes: L selected layers, B samples. Per-layer features arrive as a list of L tensors (B, D_k); distances are
 one (L, B) tensor of squared Euclidean distances to the layer centroids; radii are an (L,) tensor, kept on the
-device so training never waits on the host.
+device so training never waits on the host. K models packed into one (engine/models/packed.py) add a trailing
+model axis everywhere: features (B, K, D_k), centroids (K, D_k), distances (L, B, K), radii (L, K), and the losses
+come back per model, (K,); every function here broadcasts over it unchanged.
 
     >>> import torch
     >>> c = centroids_from_mean([torch.tensor([0.05, -0.02, 0.0, 0.3])])
@@ -35,19 +37,19 @@ def centroids_from_mean(means: list[torch.Tensor], eps: float | None = 0.1) -> l
 
 
 def squared_distances(features: list[torch.Tensor], centroids: list[torch.Tensor]) -> torch.Tensor:
-    """(L, B) squared L2 distance of each sample's layer vector to that layer's centroid."""
-    return torch.stack([((f - c) ** 2).sum(dim=1) for f, c in zip(features, centroids, strict=True)])
+    """(L, B) squared L2 distance of each sample's layer vector to that layer's centroid ((L, B, K) when packed)."""
+    return torch.stack([((f - c) ** 2).sum(dim=-1) for f, c in zip(features, centroids, strict=True)])
 
 
 def soft_boundary_loss(dist: torch.Tensor, radii: torch.Tensor, nu: float) -> torch.Tensor:
     """1 + sum_k [ R_k^2 + (1/nu) * mean_i max(0, dist_k(x_i) - R_k^2) ] (layers summed, not averaged)."""
-    r2 = (radii**2).unsqueeze(1)  # (L, 1)
-    return 1 + (radii**2).sum() + torch.clamp(dist - r2, min=0).mean(dim=1).sum() / nu
+    r2 = (radii**2).unsqueeze(1)  # (L, 1), or (L, 1, K)
+    return 1 + (radii**2).sum(dim=0) + torch.clamp(dist - r2, min=0).mean(dim=1).sum(dim=0) / nu
 
 
 def hard_boundary_loss(dist: torch.Tensor) -> torch.Tensor:
     """1 + sum_k mean_i dist_k(x_i)."""
-    return 1 + dist.mean(dim=1).sum()
+    return 1 + dist.mean(dim=1).sum(dim=0)
 
 
 def one_class_loss(dist: torch.Tensor, radii: torch.Tensor, nu: float, boundary: str) -> torch.Tensor:
@@ -58,7 +60,8 @@ def one_class_loss(dist: torch.Tensor, radii: torch.Tensor, nu: float, boundary:
 
 
 def updated_radii(dist: torch.Tensor, nu: float) -> torch.Tensor:
-    """(L,) per-layer (1 - nu)-quantile of sqrt(dist) over the batch, linear interpolation (numpy's default)."""
+    """(L,) per-layer (1 - nu)-quantile of sqrt(dist) over the batch ((L, K) when packed), linear interpolation
+    (numpy's default)."""
     return torch.quantile(dist.detach().float().sqrt(), 1 - nu, dim=1)
 
 

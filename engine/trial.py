@@ -280,11 +280,25 @@ def _score_table(layers, parts: dict[str, tuple]) -> pd.DataFrame:
     return pd.concat(frames, ignore_index=True)
 
 
+def model_kwargs_for(spec: TrialSpec, split: OneClassSplit) -> dict:
+    """The model factory's arguments of a run: the spec's, plus what the data decides (channels, input side)."""
+    kwargs = {"in_channels": split.x_train.shape[1], **spec.model_kwargs()}
+    if "input_size" in model_options(spec.model_name):  # sized by the data (MVTec: image or texture patch side)
+        kwargs["input_size"] = split.input_shape[-1]
+    return kwargs
+
+
+def stage_configs(spec: TrialSpec) -> tuple[StageConfig, StageConfig]:
+    """The optimiser settings of stage 1 (autoencoder) and stage 2 (one-class)."""
+    return (
+        StageConfig(spec.ae_epochs, spec.ae_lr, spec.ae_weight_decay, spec.ae_milestones, spec.batch_size),
+        StageConfig(spec.oc_epochs, spec.oc_lr, spec.oc_weight_decay, spec.oc_milestones, spec.batch_size),
+    )
+
+
 def _mocca(spec: TrialSpec, split: OneClassSplit, generator: torch.Generator, timings: dict) -> TrialResult:
     layers = spec.resolved_layers()
-    model_kwargs = {"in_channels": split.x_train.shape[1], **spec.model_kwargs()}
-    if "input_size" in model_options(spec.model_name):  # sized by the data (MVTec: image or texture patch side)
-        model_kwargs["input_size"] = split.input_shape[-1]
+    model_kwargs = model_kwargs_for(spec, split)
     device = split.x_train.device
     memory_format = resolve_memory_format(spec.memory_format, device)
     ae, split = with_memory_format(create_model(spec.model_name, **model_kwargs).to(device), split, memory_format)
@@ -292,8 +306,7 @@ def _mocca(spec: TrialSpec, split: OneClassSplit, generator: torch.Generator, ti
     if spec.compile:  # one compiled instance per architecture and process, given this run's fresh weights
         compiled = compiled_model(ae, (spec.model_name, model_kwargs), device, memory_format)
         ae, forward, features = compiled.model, compiled.forward, compiled.features(layers)
-    ae_cfg = StageConfig(spec.ae_epochs, spec.ae_lr, spec.ae_weight_decay, spec.ae_milestones, spec.batch_size)
-    oc_cfg = StageConfig(spec.oc_epochs, spec.oc_lr, spec.oc_weight_decay, spec.oc_milestones, spec.batch_size)
+    ae_cfg, oc_cfg = stage_configs(spec)
 
     t = time.perf_counter()
     curves = train_autoencoder(forward, split, ae_cfg, generator, spec.precision)
@@ -309,7 +322,17 @@ def _mocca(spec: TrialSpec, split: OneClassSplit, generator: torch.Generator, ti
     timings["one_class_s"] = time.perf_counter() - t
     if not distributed.is_main_process():  # a data-parallel run: rank 0 alone scores it and stores the row
         return TrialResult(row={})
+    return score_mocca(spec, split, encoder, state, curves, timings)
 
+
+def score_mocca(
+    spec: TrialSpec, split: OneClassSplit, encoder: torch.nn.Module, state: OneClassModel, curves: list[dict],
+    timings: dict, models_trained: int = 1,
+) -> TrialResult:  # fmt: skip
+    """Score a trained encoder on validation and test: metrics, per-sample scores and curves. `timings` holds the
+    stages' durations (`score_s` is added); `models_trained` > 1 when they trained that many packed models at
+    once, whose images the throughput columns count."""
+    layers = state.layers
     t = time.perf_counter()
     per_layer = {}
     for name, x in (("val", split.x_val), ("test", split.x_test)):
@@ -325,8 +348,8 @@ def _mocca(spec: TrialSpec, split: OneClassSplit, generator: torch.Generator, ti
     timings["score_s"] = time.perf_counter() - t
 
     n = len(split.x_train)
-    metrics["ae_images_per_s"] = spec.ae_epochs * n / max(timings["autoencoder_s"], 1e-9)
-    metrics["oc_images_per_s"] = spec.oc_epochs * n / max(timings["one_class_s"], 1e-9)
+    metrics["ae_images_per_s"] = models_trained * spec.ae_epochs * n / max(timings["autoencoder_s"], 1e-9)
+    metrics["oc_images_per_s"] = models_trained * spec.oc_epochs * n / max(timings["one_class_s"], 1e-9)
     metrics["final_radii"] = [float(r) for r in state.radii.tolist()]
     metrics["code_size"] = encoder.layer_dims[-1]
     labels = {"val": split.y_val.cpu().numpy(), "test": split.y_test.cpu().numpy()}
@@ -387,7 +410,8 @@ def run_trial(spec: TrialSpec) -> TrialResult:
     split = split_for(spec, device)
     timings["data_s"] = time.perf_counter() - t
     generator = seed_everything(spec.seed)
-    row.update(device=str(device), n_train=len(split.x_train), n_val=len(split.y_val), n_test=len(split.y_test))
+    row.update(device=str(device), n_train=len(split.x_train), n_val=len(split.y_val), n_test=len(split.y_test),
+               pack_size=1)  # fmt: skip
     try:
         if getattr(dataset_module(spec.dataset), "VIDEO", False):
             result = _video(spec, split, generator, timings)
@@ -398,6 +422,12 @@ def run_trial(spec: TrialSpec) -> TrialResult:
         row.update(status="diverged", error=str(exc))
     else:
         row["status"] = "ok"
+    return finish(row, result, timings, start)
+
+
+def finish(row: dict, result: TrialResult, timings: dict, start: float) -> TrialResult:
+    """The run's complete result: `row` (config, provenance, status) with the result's metrics, the durations and
+    the end time; per-sample scores and curves keyed by the run."""
     row.update(result.row)
     row.update(timings)
     row["total_s"] = time.perf_counter() - start

@@ -1,11 +1,15 @@
 """K packed LeNet autoencoders behave exactly like K separate ones: outputs, features, gradients, BatchNorm
-statistics and an Adam step (engine/models/packed.py)."""
+statistics and an Adam step (engine/models/packed.py); K runs trained as one pack are the K runs trained one by
+one, and a diverging model leaves its neighbours untouched (engine/packing.py)."""
 
+import numpy as np
 import pytest
 import torch
 
 from engine.models import create_model
 from engine.models.packed import pack, pack_inputs, unpack, unpack_outputs
+from engine.packing import packing_problem, run_packed
+from engine.trial import TrialSpec, run_trial
 
 K = 3
 TOL = dict(rtol=1e-5, atol=1e-5)
@@ -103,3 +107,67 @@ def test_one_adam_step_on_the_packed_model_is_k_separate_steps():
 def test_packing_models_of_different_architectures_is_refused():
     with pytest.raises(ValueError, match="one architecture"):
         pack([create_model("lenet_digits"), create_model("lenet_digits", code_size=16)])
+
+
+# -- whole runs: engine/packing.py -----------------------------------------------------------------------------------
+RUN = dict(dataset="digits", normal_class=3, ae_epochs=3, oc_epochs=3, batch_size=64, ae_lr=3e-3, oc_lr=1e-3,
+           warmup_epochs=1, boundary="soft", layers=(1, 3))  # fmt: skip
+
+
+def _specs(**changes) -> list[TrialSpec]:
+    return [TrialSpec(**{**RUN, **changes}, seed=s) for s in (0, 1, 2)]
+
+
+def test_packed_runs_are_the_runs_trained_one_by_one():
+    specs = _specs()
+    alone = [run_trial(s) for s in specs]
+    packed = run_packed(specs)
+    assert len({r.row["test_auc"] for r in alone}) == K  # the seeds differ, so the check below can fail
+    for a, p in zip(alone, packed, strict=True):
+        assert p.row["run_key"] == a.row["run_key"] and p.row["status"] == a.row["status"] == "ok"
+        assert p.row["pack_size"] == K and a.row["pack_size"] == 1
+        # same weights, batches and steps; only float rounding of grouped kernels differs
+        assert p.row["test_auc"] == pytest.approx(a.row["test_auc"], abs=1e-3)
+        assert p.row["val_auc"] == pytest.approx(a.row["val_auc"], abs=1e-3)
+        np.testing.assert_allclose(p.row["final_radii"], a.row["final_radii"], rtol=1e-3)
+        np.testing.assert_allclose(p.curves["loss"], a.curves["loss"], rtol=1e-3)
+        np.testing.assert_allclose(p.scores["score"], a.scores["score"], rtol=1e-3, atol=1e-4)
+        assert set(p.curves["run_key"]) == set(p.scores["run_key"]) == {a.row["run_key"]}
+
+
+def test_a_diverging_model_leaves_the_rest_of_its_pack_untouched(monkeypatch):
+    import engine.packing as packing
+
+    clean = run_packed(_specs())
+
+    def pack_with_a_broken_model(models):
+        with torch.no_grad():
+            models[1].encoder.convs[0].weight.fill_(float("nan"))
+        return pack(models)
+
+    monkeypatch.setattr(packing, "pack", pack_with_a_broken_model)
+    broken = run_packed(_specs())
+    assert broken[1].row["status"] == "diverged" and "autoencoder loss became nan" in broken[1].row["error"]
+    for k in (0, 2):  # NaN in model 1's channels never reaches its neighbours
+        assert broken[k].row["status"] == "ok"
+        assert broken[k].row["test_auc"] == clean[k].row["test_auc"]
+        np.testing.assert_array_equal(broken[k].scores["score"], clean[k].scores["score"])
+
+
+def test_a_pack_of_diverging_models_is_all_diverged(monkeypatch):
+    import engine.training as training
+
+    monkeypatch.setattr(training, "reconstruction_losses", lambda rec, x, k: (rec * float("nan")).sum() * torch.ones(k))
+    rows = [r.row for r in run_packed(_specs())]
+    assert [r["status"] for r in rows] == ["diverged"] * K
+
+
+def test_what_cannot_be_packed_says_why():
+    assert "baseline" in packing_problem(TrialSpec(method="ocsvm"))
+    assert "only the LeNet models" in packing_problem(TrialSpec(dataset="mvtec"))
+    assert "--compile" in packing_problem(TrialSpec(compile=True))
+    assert packing_problem(TrialSpec(dataset="cifar10")) is None
+    with pytest.raises(ValueError, match="differ in their seeds"):
+        run_packed([TrialSpec(**RUN, seed=0), TrialSpec(**{**RUN, "nu": 0.2}, seed=1)])
+    with pytest.raises(ValueError, match="differ in their seeds"):
+        run_packed([TrialSpec(**RUN, seed=0), TrialSpec(**RUN, seed=0)])

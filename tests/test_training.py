@@ -84,7 +84,7 @@ def test_soft_boundary_updates_radii_after_warmup_only():
 def test_nan_loss_is_diverged_and_recorded(monkeypatch):
     import engine.training as training
 
-    monkeypatch.setattr(training, "reconstruction_loss", lambda rec, x: (rec * float("nan")).sum())
+    monkeypatch.setattr(training, "reconstruction_losses", lambda rec, x, k: (rec * float("nan")).sum().reshape(1))
     row = run_trial(TrialSpec(normal_class=0, **FAST)).row
     assert row["status"] == "diverged" and "autoencoder loss became nan" in row["error"]
 
