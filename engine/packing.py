@@ -22,12 +22,18 @@ from __future__ import annotations
 import time
 from functools import lru_cache
 
-import torch
-
 from engine.data import dataset_module
 from engine.models import create_model
 from engine.models.lenet import LeNetAutoencoder
 from engine.models.packed import pack, unpack
+from engine.training import (
+    Diverged,
+    Feed,
+    resolve_memory_format,
+    train_autoencoders,
+    train_one_class_models,
+    with_memory_format,
+)
 from engine.trial import (
     TrialResult,
     TrialSpec,
@@ -41,14 +47,6 @@ from engine.trial import (
     seed_everything,
     split_for,
     stage_configs,
-)
-from engine.training import (
-    Diverged,
-    Feed,
-    resolve_memory_format,
-    train_autoencoders,
-    train_one_class_models,
-    with_memory_format,
 )
 
 
