@@ -4,6 +4,8 @@ best configuration, and `run_and_store` (one run, idempotent against the results
 A *run config* is a flat dict: TrialSpec fields chosen by the sweep (`normal_class`, `seed`, `method`,
 `boundary`, and the searched parameters such as `ae_lr`, `oc_lr`, `nu`, `layers` as "0,1,3") plus `mode`.
 `spec_from_config` completes it with the search space's fixed settings at the sweep's budget.
+A *pack* is {"pack": [run configs]}: runs of one configuration under several seeds, trained together as one
+packed model (engine/packing.py) by `run_pack_and_store`; `packed_plan` groups a phase's runs into packs.
 engine/sweep.py hands these dicts to Ray Tune; tests and benchmarks call `run_and_store` directly.
 """
 
@@ -20,7 +22,8 @@ import torch
 
 from engine import distributed
 from engine.data import class_names
-from engine.trial import BASELINES, TrialResult, TrialSpec, failed_row, run_key, run_trial
+from engine.packing import packing_problem, run_packed
+from engine.trial import BASELINES, TrialResult, TrialSpec, config_key, failed_row, run_key, run_trial
 from results import ResultsStore
 from search_spaces import get_space, layers_to_str, params_to_fields
 
@@ -113,6 +116,63 @@ def run_and_store(config: dict, ctx: SweepContext, node_id: str = "", trial_id: 
     return result.row, True
 
 
+def run_pack_and_store(
+    configs: list[dict], ctx: SweepContext, node_id: str = "", trial_id: str = ""
+) -> list[tuple[dict, bool]]:
+    """`run_and_store` for a pack: the runs not yet stored train together as one packed model and each is stored
+    as its own row; returns (row, trained) per config, in order. An error inside the pack becomes a `failed` row
+    for each of its runs; a run stored meanwhile (a resumed sweep) is not trained again."""
+    store = ResultsStore(ctx.store_uri)
+    specs = [spec_from_config(ctx, c) for c in configs]
+    out: list[tuple[dict, bool] | None] = [None] * len(configs)
+    todo = []
+    for i, spec in enumerate(specs):
+        stored = store.read_run(run_key(spec))
+        if stored is not None:
+            out[i] = (stored, False)
+            continue
+        _log_training(run_key(spec))
+        try:
+            _maybe_inject_failure(spec)
+        except RuntimeError as exc:
+            out[i] = (_store_row(store, TrialResult(failed_row(spec, exc)), configs[i], ctx, node_id, trial_id), True)
+        else:
+            todo.append(i)
+    torch.set_num_threads(max(1, int(ctx.cpus_per_run)))
+    try:
+        results = run_packed([specs[i] for i in todo]) if todo else []
+    except Exception as exc:  # a failed pack is data, not a crash of the sweep
+        results = [TrialResult(row=failed_row(specs[i], exc)) for i in todo]
+    for i, result in zip(todo, results, strict=True):
+        out[i] = (_store_row(store, result, configs[i], ctx, node_id, trial_id), True)
+    return out
+
+
+def packed_plan(ctx: SweepContext, configs: list[dict], size: int) -> list[dict]:
+    """A phase's runs as Tune trials: runs of one configuration that can be packed go in packs of up to `size`
+    seeds ({"pack": [...]}, at the place of their first run), every other run alone."""
+    if size <= 1:
+        return list(configs)
+    trials: list[dict | list] = []
+    open_packs: dict[str, list[dict]] = {}
+    for config in configs:
+        spec = spec_from_config(ctx, config)
+        if packing_problem(spec):
+            trials.append(config)
+            continue
+        pack = open_packs.get(config_key(spec))
+        if pack is None or len(pack) == size:
+            pack = open_packs[config_key(spec)] = []
+            trials.append(pack)
+        pack.append(config)
+    return [t if isinstance(t, dict) else (t[0] if len(t) == 1 else {"pack": t}) for t in trials]
+
+
+def runs_in(trial: dict) -> int:
+    """How many runs a Tune trial of `packed_plan` trains: its pack's size, or 1."""
+    return len(trial.get("pack", ())) or 1
+
+
 def stored_run(config: dict, ctx: SweepContext) -> dict | None:
     """The stored row of a run config, or None."""
     return ResultsStore(ctx.store_uri).read_run(run_key(spec_from_config(ctx, config)))
@@ -130,12 +190,13 @@ def store_failure(config: dict, ctx: SweepContext, error: BaseException, node_id
 
 
 def _store_row(store: ResultsStore, result: TrialResult, config: dict, ctx: SweepContext, node_id: str,
-               trial_id: str) -> None:  # fmt: skip
+               trial_id: str) -> dict:  # fmt: skip
     result.row.update(
         sweep=ctx.sweep, mode=config.get("mode", "single"), node_id=node_id, trial_id=trial_id,
         params=_searched_params(config),
     )  # fmt: skip
     store.write_run(result.row, result.scores, result.curves)
+    return result.row
 
 
 # -- plans ---------------------------------------------------------------------------------------------------------

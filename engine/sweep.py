@@ -40,6 +40,7 @@ from ray.tune.search import Searcher
 from engine.cli import Parser
 from engine.data import DATASETS, DatasetError, class_names, clear_caches, dataset_module, load_split
 from engine.data.base import resolve_class
+from engine.packing import packing_problem
 from engine.plan import (
     BASELINES,
     MODES,
@@ -48,7 +49,9 @@ from engine.plan import (
     best_config,
     class_label,
     format_summary,
+    packed_plan,
     run_and_store,
+    run_pack_and_store,
     seeds_plan,
     selection_name,
     spec_from_config,
@@ -80,10 +83,10 @@ def tune_run(config: dict, context: SweepContext) -> None:
     from ray import tune
 
     config = config.get("run", config)
-    row, trained = run_and_store(
-        config, context, node_id=ray.get_runtime_context().get_node_id(), trial_id=tune.get_context().get_trial_id()
-    )
-    _report(row, trained)
+    where = dict(node_id=ray.get_runtime_context().get_node_id(), trial_id=tune.get_context().get_trial_id())
+    if "pack" in config:  # several seeds of one configuration as one packed model (engine/packing.py)
+        return _report(run_pack_and_store(config["pack"], context, **where))
+    _report([run_and_store(config, context, **where)])
 
 
 def tune_run_distributed(config: dict, context: SweepContext, workers: int, cpus: float, gpus: float) -> None:
@@ -104,7 +107,7 @@ def tune_run_distributed(config: dict, context: SweepContext, workers: int, cpus
     trial_id = tune.get_context().get_trial_id()
     row = stored_run(config, context)
     if row is not None:
-        return _report(row, False)
+        return _report([(row, False)])
     store = ResultsStore(context.store_uri)
     storage = f"{store.root}/tune/train"  # Ray Train's run folder: a storage marker only (no checkpoints)
     resources = {"CPU": cpus, "GPU": gpus} if gpus else {"CPU": cpus}
@@ -130,7 +133,7 @@ def tune_run_distributed(config: dict, context: SweepContext, workers: int, cpus
     row = stored_run(config, context)
     if row is None:
         raise RuntimeError(f"the data-parallel run of trial {trial_id} ended without storing its row")
-    _report(row, row.get("trial_id") == trial_id)
+    _report([(row, row.get("trial_id") == trial_id)])
 
 
 def train_worker(loop_config: dict) -> None:
@@ -153,12 +156,23 @@ def _worker_error(failures: dict[int, BaseException]) -> BaseException:
     return RuntimeError("; ".join(f"rank {r}: {type(e).__name__}: {e}" for r, e in sorted(failures.items())))
 
 
-def _report(row: dict, trained: bool) -> None:
+def _report(runs: list[tuple[dict, bool]]) -> None:
+    """Report a trial's runs (one, or a pack's) to Tune once: the best of their metrics, how many it trained."""
     from ray import tune
 
-    metrics = {k: row.get(k) for k in ("val_auc", "test_auc", "test_max_ba", "total_s")}
-    metrics = {k: (float(v) if v is not None else math.nan) for k, v in metrics.items()}
-    tune.report({**metrics, "status": row["status"], "run_key": row["run_key"], "trained": trained})
+    def best(key: str) -> float:
+        values = [float(v) for v in (row.get(key) for row, _ in runs) if v is not None and v == v]
+        return max(values, default=math.nan)
+
+    statuses = [row["status"] for row, _ in runs]
+    status = (
+        statuses[0] if len(set(statuses)) == 1 else ", ".join(f"{statuses.count(s)} {s}" for s in sorted(set(statuses)))
+    )
+    tune.report({
+        **{k: best(k) for k in ("val_auc", "test_auc", "test_max_ba", "total_s")},
+        "status": status, "run_key": ",".join(row["run_key"] for row, _ in runs),
+        "runs": len(runs), "trained": sum(trained for _, trained in runs),
+    })  # fmt: skip
 
 
 def optuna_space(trial, dataset: str, constants: dict) -> dict:
@@ -360,6 +374,15 @@ def build_parser() -> Parser:
         "NCCL on GPUs) inside its Tune trial, ~30 s more per run on a small machine (bench/trainer_overhead.py)",
     )
     p.add_argument(
+        "--pack",
+        type=int,
+        default=1,
+        metavar="K",
+        help="train up to K seeds of one configuration together as one packed model (grouped convolutions; LeNet "
+        "models: digits, cifar10) in the seeds and ablation phases: same runs, keys and results as alone, for a "
+        "fraction of the cost on a GPU, where one small run leaves most of it idle (bench/: packed)",
+    )
+    p.add_argument(
         "--max-concurrent",
         type=int,
         help="runs at once (default: what the cluster holds now; on an autoscaling cluster, what it holds at full "
@@ -411,8 +434,10 @@ def resolve_args(args: argparse.Namespace):
         raise UsageError("--trials must be at least 1")
     if args.cpus_per_run <= 0 or (args.gpus_per_run is not None and args.gpus_per_run < 0):
         raise UsageError("--cpus-per-run must be positive and --gpus-per-run not negative")
-    if args.workers_per_run < 1 or (args.max_concurrent is not None and args.max_concurrent < 1):
-        raise UsageError("--workers-per-run and --max-concurrent must be at least 1")
+    if min(args.workers_per_run, args.pack, args.max_concurrent or 1) < 1:
+        raise UsageError("--workers-per-run, --pack and --max-concurrent must be at least 1")
+    if args.pack > 1 and args.workers_per_run > 1:
+        raise UsageError("a packed model trains in one process: use --pack or --workers-per-run, not both")
     if args.workers_per_run > 1:
         if getattr(dataset_module(args.dataset), "VIDEO", False):
             raise UsageError(f"{args.dataset} runs train with a loop of their own that is not data-parallel: "
@@ -521,8 +546,9 @@ class Progress:
         self.best = -math.inf
 
     def update(self, result: dict) -> None:
-        self.done += 1
-        self.trained += int(bool(result.get("trained")))
+        """Count a trial's result: one run, or a pack of `runs` runs."""
+        self.done += int(result.get("runs", 1))
+        self.trained += int(result.get("trained") or 0)
         val = result.get("val_auc", math.nan)
         if val == val:
             self.best = max(self.best, val)
@@ -630,16 +656,18 @@ class Runner:
         tuner.fit()
 
     def grid(self, mode: str, configs: list[dict], done_before: int) -> None:
+        """One Tune experiment over the runs `configs` (each a trial, or packed ones per `--pack`)."""
         from ray import tune
 
         if not configs:
             return
         self._start()
+        trials = packed_plan(self.ctx, configs, self.args.pack)
         stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S")
         progress = Progress(mode, len(configs) + done_before, done_before, self.args.quiet)
         tuner = tune.Tuner(
             self.trainable,
-            param_space={"run": tune.grid_search(configs)},
+            param_space={"run": tune.grid_search(trials)},
             tune_config=tune.TuneConfig(max_concurrent_trials=self.slots, reuse_actors=True),
             run_config=self._run_config(f"{mode}-{stamp}", progress),
         )
@@ -695,6 +723,9 @@ def run_sweep(args: argparse.Namespace) -> int:
         data_options=options, cpus_per_run=args.cpus_per_run, compile=args.compile,
     )  # fmt: skip
     check_data(ctx, classes)
+    problem = packing_problem(spec_from_config(ctx, {"normal_class": classes[0]}))
+    if args.pack > 1 and problem:
+        raise UsageError(f"--pack {args.pack}: {problem}")
     store = prepare_store(args, name)
     # absolute paths: Ray Train starts its workers in a folder of their own
     local = isinstance(store.fs, pafs.LocalFileSystem)

@@ -169,6 +169,35 @@ def test_failing_run_is_recorded_and_sweep_completes(ray_env, tmp_path):
     assert "did not finish ok" in proc.stdout
 
 
+def test_packed_seeds_store_the_same_runs_one_row_each_and_resume(ray_env, tmp_path):
+    seeds = ["--mode", "seeds", "--seeds", "0,1,2", "--pack", "3"]
+    proc = _sweep(ray_env, tmp_path, *seeds)
+    assert "[seeds] 12/12 runs" in proc.stdout  # progress counts runs, not trials
+    store = ResultsStore(str(tmp_path / "digits"))
+    runs = store.load()
+    ctx = SweepContext(dataset="digits", store_uri=store.uri, sweep="digits")
+    pending, _ = unique_pending(ctx, seeds_plan("digits", [0], ["soft"], [0, 1, 2], {}), set())
+    from engine.plan import spec_from_config
+    from engine.trial import run_key
+
+    assert set(runs["run_key"]) == {run_key(spec_from_config(ctx, c)) for c in pending}  # the runs of no packing
+    assert len(runs) == runs["run_key"].nunique() == 12 and set(runs["status"]) == {"ok"}
+    mocca = runs[runs["method"] == "mocca"]
+    assert (mocca["pack_size"] == 3).all() and (runs.loc[runs["method"] != "mocca", "pack_size"] == 1).all()
+    # each configuration's three seeds trained as one trial: one trial id per pack
+    assert mocca.groupby("config_key")["trial_id"].nunique().eq(1).all() and mocca["trial_id"].nunique() == 2
+    assert set(store.load_curves()["run_key"]) == set(mocca["run_key"])
+
+    # a pack cut short before storing one of its runs: only that run trains again, alone
+    lost = mocca.iloc[0]["run_key"]
+    (tmp_path / "digits" / "runs" / f"{lost}.parquet").unlink()
+    before = len(_trainings(ray_env))
+    _sweep(ray_env, tmp_path, *seeds)
+    assert [key for key, _ in _trainings(ray_env)[before:]] == [lost]
+    again = store.load()
+    assert len(again) == 12 and again.set_index("run_key").loc[lost, "pack_size"] == 1
+
+
 def _main_exit(argv, capsys) -> tuple[int, str]:
     from engine.sweep import main
 
@@ -188,6 +217,9 @@ def _main_exit(argv, capsys) -> tuple[int, str]:
         (["--cpus-per-run", "0"], "--cpus-per-run must be positive"),
         (["--data-option", "novalue"], "--data-option takes KEY=VALUE"),
         (["--mode", "everything"], "invalid choice: 'everything'"),
+        (["--pack", "0"], "--pack and --max-concurrent must be at least 1"),
+        (["--pack", "2", "--workers-per-run", "2"], "use --pack or --workers-per-run, not both"),
+        (["--pack", "2", "--compile"], "--pack 2: compiled runs are not packed"),
     ],
 )
 def test_bad_input_exits_2_and_writes_nothing(tmp_path, capsys, args, message):
