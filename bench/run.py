@@ -11,7 +11,8 @@ Sections:
               lenet_cifar10 (batch 256, random 3x32x32 images, 5000 resident) and lenet_digits (the real digits
               split of class 0, batch 64 as the digits budget trains); also the engine loop in the other memory
               layout (what engine.training.AUTO_MEMORY_FORMAT is set from)
-  packed      stage-1 images/s of K packed models (engine.models.packed) vs the same K models one after another
+  packed      stage-1 images/s of K packed models (engine.models.packed) vs the same K models one after another,
+              and K whole digits runs as one pack (engine.packing.run_packed) vs one by one, with their AUC gap
   overhead    N digits runs of ~10 s through engine.sweep vs the same runs in a plain loop (bench.overhead), and N
               tiny runs the same way: the per-run cost of the function-trainable path
   trainer     (--trainer) per-run cost of the plain function trainable vs a TorchTrainer (bench.trainer_overhead)
@@ -120,6 +121,11 @@ def section_packed(device: torch.device, args) -> list[dict]:
         row = tp.packed_vs_sequential(model, k, batch, steps, device, args.reps)
         row["load_average"] = load_average()
         print(f"  {model} K={k}: packed {row['speedup']:.2f}x sequential", flush=True)
+        rows.append(row)
+    for k in (2,) if args.quick else (3, 10):
+        row = tp.packed_runs_vs_alone(k, device, 1 if args.quick else args.reps)
+        row["load_average"] = load_average()
+        print(f"  whole digits runs K={k}: packed {row['speedup']:.2f}x one by one", flush=True)
         rows.append(row)
     return rows
 
@@ -292,8 +298,9 @@ def section_gpu(device: torch.device, args) -> dict:
     out["packed"] = []
     for k in args.gpu_packed:
         mf = torch.channels_last if fmt == "channels_last" else torch.contiguous_format
-        r = tp.packed_epoch_times(k, device, n, batch, epochs, precision, mf)
-        r["run_s"] = budget["ae_epochs"] * r["autoencoder_epoch_s"] + budget["oc_epochs"] * r["one_class_epoch_s"]
+        r = tp.packed_epoch_times(k, device, n, batch, epochs, precision, mf, n_test=10000 if n > 64 else n)
+        r["run_s"] = (budget["ae_epochs"] * r["autoencoder_epoch_s"] + budget["oc_epochs"] * r["one_class_epoch_s"]
+                      + r["score_s"])  # the K runs of the pack, scoring included  # fmt: skip
         r["runs_per_gpu_hour"] = k * 3600 / r["run_s"]
         out["packed"].append(r)
         print(f"  {k} packed models: {r['runs_per_gpu_hour']:.0f} CIFAR-10 runs per GPU-hour", flush=True)
@@ -354,6 +361,13 @@ def markdown(result: dict) -> str:
             )
         lines.append("")
     for r in result.get("packed") or []:
+        if "alone_s_per_run" in r:
+            lines.append(f"- {r['k']} whole {r['model']} runs ({r['budget']} budget, {r['epochs']}+{r['epochs']} "
+                         f"epochs) as one pack: {r['packed_s_per_run']:.2f} s per run vs {r['alone_s_per_run']:.2f} s "
+                         f"one by one = {r['speedup']:.2f}x; test AUC gap packed vs alone: median "
+                         f"{r['median_auc_gap']:.4f}, max {r['max_auc_gap']:.4f} "
+                         f"(load {r['load_average']})")  # fmt: skip
+            continue
         lines.append(f"- packed {r['model']} K={r['k']} (batch {r['batch_size']} each): "
                      f"{r['packed_images_per_s']:.0f} images/s packed vs {r['sequential_images_per_s']:.0f} "
                      f"sequential = {r['speedup']:.2f}x (load {r['load_average']})")  # fmt: skip

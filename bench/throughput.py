@@ -22,17 +22,18 @@ import torch
 
 from engine.data.base import OneClassSplit
 from engine.models import create_model
-from engine.models.packed import pack, pack_inputs, unpack_outputs
+from engine.models.packed import pack, pack_inputs, unpack
 from engine.objective import centroids_from_mean, soft_boundary_loss, squared_distances, updated_radii
 from engine.training import (
+    Feed,
     OneClassModel,
     StageConfig,
     _autocast,
-    batch_indices,
     reconstruction_loss,
+    reconstruction_losses,
     test_distances,
-    train_autoencoder,
-    train_one_class,
+    train_autoencoders,
+    train_one_class_models,
     with_memory_format,
 )
 
@@ -59,14 +60,17 @@ def trained_images(n: int, batch_size: int) -> int:
 
 
 # -- the two loops of each stage -------------------------------------------------------------------------------------
-def ours(stage: str, model, split: OneClassSplit, epochs: int, batch: int, precision: str) -> None:
+def ours(stage: str, model, split: OneClassSplit, epochs: int, batch: int, precision: str, k: int = 1) -> None:
+    """The engine's loop of one stage; k > 1: `model` packs k models, each with its own shuffle (engine.packing)."""
     cfg = StageConfig(epochs, LR, WEIGHT_DECAY, (), batch)
-    gen = torch.Generator().manual_seed(0)
+    gens = [torch.Generator().manual_seed(seed) for seed in range(k)]
+    feed = Feed.packed_models(gens) if k > 1 else Feed.single(gens[0])
     if stage == "autoencoder":
-        train_autoencoder(model, split, cfg, gen, precision)
+        train_autoencoders(model, split, cfg, feed, precision)
     else:
         layers = tuple(range(model.encoder.num_layers))
-        train_one_class(model.encoder, split, layers, "soft", NU, cfg, gen, warmup_epochs=0, precision=precision)
+        train_one_class_models(model.encoder, split, layers, "soft", NU, cfg, feed, warmup_epochs=0,
+                               precision=precision)  # fmt: skip
 
 
 def bare(stage: str, model, split: OneClassSplit, epochs: int, batch: int, precision: str) -> None:
@@ -190,8 +194,7 @@ def packed_vs_sequential(model_name: str, k: int, batch: int, steps: int, device
 
     def packed_steps(n: int) -> None:
         for _ in range(n):
-            rec = unpack_outputs(packed(x_packed), k)  # (K, B, C, H, W)
-            loss = ((rec - xs) ** 2).flatten(2).sum(2).mean(1).sum()  # sum over models of each one's mean loss
+            loss = reconstruction_losses(packed(x_packed), x_packed, k).sum()  # sum over models of each one's loss
             opt_packed.zero_grad(set_to_none=True)
             loss.backward()
             opt_packed.step()
@@ -205,6 +208,33 @@ def packed_vs_sequential(model_name: str, k: int, batch: int, steps: int, device
     seq, pk = (images / statistics.median(walls[n]) for n in ("sequential", "packed"))
     return {"model": model_name, "k": k, "batch_size": batch, "steps": steps, "reps": reps,
             "sequential_images_per_s": seq, "packed_images_per_s": pk, "speedup": pk / seq}  # fmt: skip
+
+
+def packed_runs_vs_alone(k: int, device: torch.device, reps: int, budget: str = "smoke") -> dict:
+    """Whole digits runs (both stages and scoring, class 0, the search space's budget): K seeds trained as one pack
+    (engine.packing.run_packed) against the same K runs one after another (engine.trial.run_trial), alternating
+    which goes first; and how far the two ways' test AUCs lie apart, run by run."""
+    from engine.packing import run_packed
+    from engine.trial import TrialSpec, run_trial
+    from search_spaces import get_space
+
+    fields = {**get_space("digits").fixed(budget, 0), "device": str(device)}
+    specs = [TrialSpec(**fields, seed=seed) for seed in range(k)]
+    run_trial(dataclasses.replace(specs[0], ae_epochs=1, oc_epochs=1))  # warm-up: the split is cached per process
+    walls: dict[str, list[float]] = {"alone": [], "packed": []}
+    aucs: dict[str, list[float]] = {}
+    ways = (("alone", lambda: [run_trial(s) for s in specs]), ("packed", lambda: run_packed(specs)))
+    for rep in range(reps):
+        for name, fn in ways[:: 1 if rep % 2 == 0 else -1]:
+            start = time.perf_counter()
+            results = fn()
+            walls[name].append(time.perf_counter() - start)
+            aucs[name] = [r.row["test_auc"] for r in results]
+    alone, packed = (statistics.median(walls[n]) for n in ("alone", "packed"))
+    gaps = [abs(a - b) for a, b in zip(aucs["alone"], aucs["packed"], strict=True)]
+    return {"model": "lenet_digits", "k": k, "budget": budget, "epochs": fields["ae_epochs"], "reps": reps,
+            "alone_s_per_run": alone / k, "packed_s_per_run": packed / k, "speedup": alone / packed,
+            "max_auc_gap": max(gaps), "median_auc_gap": statistics.median(gaps)}  # fmt: skip
 
 
 # -- GPU: k concurrent runs, per-epoch times ---------------------------------------------------------------------------
@@ -232,12 +262,18 @@ def epoch_times(
     for stage in STAGES:
         wall, _ = _timed(device, ours, stage, model, split, epochs, batch, precision)
         out[f"{stage}_epoch_s"] = wall / epochs
-    layers = tuple(range(model.encoder.num_layers))
-    state = OneClassModel(layers, [torch.zeros(d, device=device) for d in model.encoder.layer_dims],
+    out["score_s"] = score_seconds(model.encoder, n_test, batch, precision, memory_format)
+    return out
+
+
+def score_seconds(encoder, n_test: int, batch: int, precision: str, memory_format: torch.memory_format) -> float:
+    """Seconds to score n_test random CIFAR-sized test images with a trained encoder, every layer selected."""
+    device = next(encoder.parameters()).device
+    layers = tuple(range(encoder.num_layers))
+    state = OneClassModel(layers, [torch.zeros(d, device=device) for d in encoder.layer_dims],
                           torch.zeros(len(layers), device=device))  # fmt: skip
     test = torch.rand(n_test, 3, 32, 32, device=device).contiguous(memory_format=memory_format)
-    out["score_s"], _ = _timed(device, test_distances, model.encoder, state, test, batch, None, precision)
-    return out
+    return _timed(device, test_distances, encoder, state, test, batch, None, precision)[0]
 
 
 def _concurrent_worker(barrier, queue, kwargs: dict) -> None:
@@ -287,42 +323,20 @@ def host_syncs_per_epoch(device: torch.device, batch: int) -> dict:
 
 
 def packed_epoch_times(
-    k: int, device: torch.device, n: int, batch: int, epochs: int, precision: str, memory_format
+    k: int, device: torch.device, n: int, batch: int, epochs: int, precision: str, memory_format, n_test: int = 10000
 ) -> dict:
-    """Seconds per epoch of both stages for K packed lenet_cifar10 models, each with its own shuffle (bare loops:
-    packed training is not wired into the engine's loops)."""
+    """Seconds per epoch of both stages for K packed lenet_cifar10 models through the engine's loops (what
+    `engine.sweep --pack K` runs), each model with its own shuffle, on n random images; and the seconds to score
+    all K, each unpacked and scored alone on n_test images as engine.packing does."""
+    split = random_split((3, 32, 32), n, device)
     torch.manual_seed(0)
-    packed = pack([create_model("lenet_cifar10") for _ in range(k)]).to(device, memory_format=memory_format)
-    x = torch.rand(n, 3, 32, 32, device=device)
-    gen = torch.Generator().manual_seed(0)
-    layers = tuple(range(packed.encoder.num_layers))
-    centroids = [torch.full((k, d), 0.1, device=device) for d in packed.encoder.layer_dims]
-
-    def epoch(stage: str) -> None:
-        net = packed if stage == "autoencoder" else packed.encoder
-        opt = torch.optim.Adam(net.parameters(), lr=LR, weight_decay=WEIGHT_DECAY)
-        radii = torch.zeros(k, len(layers), device=device)
-        orders = [batch_indices(n, batch, gen, device) for _ in range(k)]  # one shuffle per model
-        for step in zip(*orders, strict=True):
-            xs = torch.stack([x[idx] for idx in step])  # (K, B, 3, 32, 32)
-            xp = pack_inputs(xs).contiguous(memory_format=memory_format)
-            with _autocast(device, precision):
-                if stage == "autoencoder":
-                    loss = ((unpack_outputs(net(xp), k).float() - xs) ** 2).flatten(2).sum(2).mean(1).sum()
-                else:
-                    feats = [f.float() for f in net.features(xp, layers)]  # list of (B, K, D)
-                    dist = torch.stack([((f - c) ** 2).sum(-1) for f, c in zip(feats, centroids, strict=True)])
-                    dist = dist.permute(2, 0, 1)  # (K, L, B)
-                    loss = sum(soft_boundary_loss(dist[j], radii[j], NU) for j in range(k))
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            if stage == "one_class":
-                radii = torch.stack([updated_radii(dist[j], NU) for j in range(k)])
-
-    out = {"k": k}
+    packed, split = with_memory_format(pack([create_model("lenet_cifar10") for _ in range(k)]).to(device), split,
+                                       memory_format)  # fmt: skip
+    out: dict = {"k": k}
     for stage in STAGES:
-        epoch(stage)  # warm-up
-        wall, _ = _timed(device, lambda stage: [epoch(stage) for _ in range(epochs)], stage)
+        ours(stage, packed, split, 1, batch, precision, k)  # warm-up
+        wall, _ = _timed(device, ours, stage, packed, split, epochs, batch, precision, k)
         out[f"{stage}_epoch_s"] = wall / epochs
+    encoder = unpack(packed, 0).encoder.to(memory_format=memory_format)
+    out["score_s"] = k * score_seconds(encoder, n_test, batch, precision, memory_format)
     return out
