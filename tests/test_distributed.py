@@ -144,7 +144,7 @@ def _main_exit(argv, capsys) -> tuple[int, str]:
     "argv, message",
     [
         (["digits", "--workers-per-run", "3", "--num-cpus", "2"], "needs more CPUs than the local Ray's 2"),
-        (["digits", "--workers-per-run", "0"], "--workers-per-run and --max-concurrent must be at least 1"),
+        (["digits", "--workers-per-run", "0"], "--workers-per-run, --pack and --max-concurrent must be at least 1"),
         (["shanghaitech", "--data-root", "x", "--workers-per-run", "2"], "not data-parallel"),
     ],
 )
