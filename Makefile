@@ -19,7 +19,7 @@ $(STAMP): pyproject.toml | $(PY)
 # a real sweep (search + seeds + baselines, every class) on the digits shipped with scikit-learn; run it again to
 # resume an interrupted one, DEMO_ARGS=--fresh to start over
 demo: $(STAMP)
-	$(PY) -m engine.sweep digits --name demo $(DEMO_ARGS)
+	$(PY) -m engine.sweep digits --name demo --pack 3 $(DEMO_ARGS)
 	$(PY) -m analysis.tables sweeps/demo
 	$(PY) -m analysis.report sweeps/demo
 

@@ -168,11 +168,6 @@ def packed_plan(ctx: SweepContext, configs: list[dict], size: int) -> list[dict]
     return [t if isinstance(t, dict) else (t[0] if len(t) == 1 else {"pack": t}) for t in trials]
 
 
-def runs_in(trial: dict) -> int:
-    """How many runs a Tune trial of `packed_plan` trains: its pack's size, or 1."""
-    return len(trial.get("pack", ())) or 1
-
-
 def stored_run(config: dict, ctx: SweepContext) -> dict | None:
     """The stored row of a run config, or None."""
     return ResultsStore(ctx.store_uri).read_run(run_key(spec_from_config(ctx, config)))

@@ -18,7 +18,9 @@ Ray Train TorchTrainer of W data-parallel workers (`tune_run_distributed`, train
 started inside a Tune function trainable, since Ray 2.60's Tuner no longer takes a trainer. The plain trainable is
 the default because it is far cheaper per run: bench/trainer_overhead.py measured 0.03 s between consecutive plain
 runs (reused actor, data cached in the process) against about 30 s per TorchTrainer run (a controller, fresh
-worker processes, a process group and the data loaded again, every run) on a 2-core CPU machine.
+worker processes, a process group and the data loaded again, every run) on a 2-core CPU machine. With `--pack K`
+a trial of the seeds and ablation grids trains up to K seeds of one configuration as one packed model
+(engine/packing.py) and stores each as its own row; its resources are those of one run.
 """
 
 from __future__ import annotations

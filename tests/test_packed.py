@@ -171,3 +171,26 @@ def test_what_cannot_be_packed_says_why():
         run_packed([TrialSpec(**RUN, seed=0), TrialSpec(**{**RUN, "nu": 0.2}, seed=1)])
     with pytest.raises(ValueError, match="differ in their seeds"):
         run_packed([TrialSpec(**RUN, seed=0), TrialSpec(**RUN, seed=0)])
+
+
+def test_a_packed_feed_gives_each_model_its_own_runs_batches_and_augmentation():
+    from engine.data.base import OneClassSplit
+    from engine.training import Feed, batch_indices, training_batch
+
+    x = torch.rand(40, 1, 8, 8, generator=torch.Generator().manual_seed(0))
+    y = torch.zeros(40, dtype=torch.int64)
+
+    def jitter(batch, generator):  # an augmentation that draws from the run's generator
+        return batch + torch.rand(batch.shape, generator=generator)
+
+    split = OneClassSplit("t", 0, "t", x_train=x, x_val=x[:2], y_val=y[:2], x_test=x, y_test=y, train_transform=jitter)
+    seeds = (3, 4, 5)
+    feed = Feed.packed_models([torch.Generator().manual_seed(s) for s in seeds])
+    feed.start_stage()
+    packed = [unpack_outputs(feed.batch(split, idx), K) for idx in feed.epoch(len(x), 16, torch.device("cpu"))]
+    for k, seed in enumerate(seeds):  # what run k alone draws from its own generator, in the same order
+        gen = torch.Generator().manual_seed(seed)
+        alone = [training_batch(split, idx, gen) for idx in batch_indices(len(x), 16, gen, torch.device("cpu"))]
+        assert len(alone) == len(packed)
+        for a, p in zip(alone, packed, strict=True):
+            torch.testing.assert_close(p[k], a)
