@@ -9,7 +9,8 @@ the running loss is summed on the device and the soft boundary's radius quantile
 Speed options, none of which changes what a run is (bench/ measures each): `precision` bf16 autocast;
 `memory_format` channels_last for the model and the resident data (`with_memory_format`); a compiled forward for
 stage 1 (pass the compiled module as `model`) and a compiled feature function for stage 2 (`features`), see
-engine/compiled.py.
+engine/compiled.py; and packing: the loops step a `Feed`, one model or K models packed into one
+(engine/models/packed.py), each drawing its own run's batches (engine/packing.py trains runs that way).
 
 Data-parallel runs (several processes under a torch.distributed process group) shard every batch over the ranks
 and agree on centroids, radii and losses through engine/distributed.py; without a process group those helpers
