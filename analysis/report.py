@@ -289,13 +289,35 @@ def curve_figure(sweep: Sweep, reported: pd.DataFrame, dataset: str) -> go.Figur
 
 
 # -- cost -------------------------------------------------------------------------------------------------------------
+SHARED_BY_A_PACK = ("data_s", "autoencoder_s", "one_class_s", "total_s")  # each model is scored on its own
+
+
+def pack_sizes(runs: pd.DataFrame) -> pd.Series:
+    """How many runs trained together with each run (1 alone, and for rows older than the column)."""
+    if "pack_size" not in runs:
+        return pd.Series(1, index=runs.index)
+    return runs["pack_size"].fillna(1).clip(lower=1).astype(int)
+
+
+def device_shares(runs: pd.DataFrame) -> pd.DataFrame:
+    """The runs with each packed run's durations cut to its share of its pack's (engine/packing.py: the K runs of
+    a pack share the data load and both training stages), so summed durations count device time once."""
+    packs = pack_sizes(runs)
+    return runs.assign(**{col: runs[col] / packs for col in SHARED_BY_A_PACK if col in runs})
+
+
 def cost_section(sweep: Sweep) -> Section:
     runs = sweep.runs
-    section = Section("Cost", "Run durations, training throughput and device-hours, from the run rows.")
+    section = Section("Cost", "Run durations (a packed run's share of its pack), training throughput and "
+                      "device-hours, from the run rows.")  # fmt: skip
     if runs.empty or runs["total_s"].notna().sum() == 0:
         section.empty = "No run has a recorded duration yet."
         return section
-    runs = runs.assign(what=runs["mode"] + " · " + runs["method"], device=runs["device"].replace("", "not run"))
+    packs = runs["pack_size"].fillna(1).astype(int)
+    device = (
+        runs["device"].replace("", "not run").where(packs <= 1, runs["device"] + " · packs of " + packs.astype(str))
+    )
+    runs = device_shares(runs).assign(what=runs["mode"] + " · " + runs["method"], device=device)
     durations = go.Figure()
     for what, g in runs.groupby("what"):
         durations.add_box(y=g["total_s"], name=what, boxpoints="all", jitter=0.3)
@@ -319,7 +341,8 @@ def cost_section(sweep: Sweep) -> Section:
         runs=("run_key", "size"), seconds_per_run=("total_s", "mean"), device_hours=("total_s", "sum")
     )
     hours["device_hours"] = hours["device_hours"] / 3600.0
-    caption = "device_hours = sum of run durations / 3600 (a fractional-GPU run counts its wall time in full)."
+    caption = ("device_hours = sum of run durations / 3600 (a fractional-GPU run counts its wall time in full, a "
+               "packed run its share of its pack's).")  # fmt: skip
     section.tables.append(Table("cost", "Device-hours", caption, hours, cells=False))
     return section
 

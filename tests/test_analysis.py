@@ -392,3 +392,15 @@ def test_report_renders_in_headless_chromium(digits_report, tmp_path):
     assert dom.count('class="plot-container plotly"') == DIGITS_FIGURES  # plotly drew every figure
     errors = re.search(r'<pre id="report-errors"[^>]*>(.*?)</pre>', dom, re.S)
     assert errors is not None and errors.group(1).strip() == ""
+
+
+def test_a_packed_run_counts_its_share_of_its_packs_device_time():
+    runs = pd.DataFrame({
+        "pack_size": [3, 3, 3, 1, None],  # a pack of three, a run alone, a row older than the column
+        "total_s": [30.0, 30.0, 30.0, 12.0, 8.0], "autoencoder_s": [21.0, 21.0, 21.0, 9.0, 6.0],
+        "score_s": [1.0, 1.0, 1.0, 1.0, 1.0],
+    })  # fmt: skip
+    shares = report.device_shares(runs)
+    assert shares["total_s"].sum() == pytest.approx(30.0 + 12.0 + 8.0)  # the pack's 30 s counted once
+    assert shares["autoencoder_s"].tolist() == pytest.approx([7.0, 7.0, 7.0, 9.0, 6.0])
+    assert shares["score_s"].tolist() == runs["score_s"].tolist()  # each packed model is scored on its own
