@@ -252,27 +252,9 @@ def layer_means(
     return [distributed.all_reduce_sum(s) / n for s in sums]
 
 
-def train_one_class(
-    encoder: nn.Module,
-    split: OneClassSplit,
-    layers: tuple[int, ...],
-    boundary: str,
-    nu: float,
-    cfg: StageConfig,
-    generator: torch.Generator,
-    warmup_epochs: int = 10,
-    centroid_eps: float | None = 0.1,
-    precision: str = "fp32",
-    features: Callable[[torch.Tensor], list[torch.Tensor]] | None = None,
-) -> OneClassModel:
-    """Stage 2 on the encoder as given (carry the stage-1 weights in before calling). Soft boundary: radii are
-    the per-batch (1 - nu)-quantile of the layer distances after each step from epoch `warmup_epochs` on.
-    `features(x)` gives the selected layers' vectors of a training batch (default `encoder.features(x, layers)`;
-    a compiled twin of the same encoder when compiling)."""
-    return train_one_class_models(
-        encoder, split, layers, boundary, nu, cfg, Feed.single(generator), warmup_epochs=warmup_epochs,
-        centroid_eps=centroid_eps, precision=precision, features=features,
-    )[0]  # fmt: skip
+def train_one_class(encoder, split, layers, boundary, nu, cfg, generator: torch.Generator, **options) -> OneClassModel:
+    """Stage 2 of one model: `train_one_class_models` (which see, for the arguments) with one generator."""
+    return train_one_class_models(encoder, split, layers, boundary, nu, cfg, Feed.single(generator), **options)[0]
 
 
 def train_one_class_models(
@@ -288,7 +270,11 @@ def train_one_class_models(
     precision: str = "fp32",
     features: Callable[[torch.Tensor], list[torch.Tensor]] | None = None,
 ) -> list[OneClassModel]:
-    """Stage 2 of the feed's models (one, or K packed in `encoder`); one OneClassModel per model."""
+    """Stage 2 of the feed's models (one, or K packed in `encoder`) on the encoder as given (carry the stage-1
+    weights in before calling); one OneClassModel per model. Soft boundary: radii are the per-batch
+    (1 - nu)-quantile of the layer distances after each step from epoch `warmup_epochs` on. `features(x)` gives
+    the selected layers' vectors of a training batch (default `encoder.features(x, layers)`; a compiled twin of
+    the same encoder when compiling)."""
     if features is None:
         features = functools.partial(encoder.features, layers=layers)
     device = split.x_train.device
