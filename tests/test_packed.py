@@ -194,3 +194,22 @@ def test_a_packed_feed_gives_each_model_its_own_runs_batches_and_augmentation():
         assert len(alone) == len(packed)
         for a, p in zip(alone, packed, strict=True):
             torch.testing.assert_close(p[k], a)
+
+
+def test_a_phase_is_cut_into_packs_of_one_configuration_each_run_once():
+    from engine.plan import SweepContext, packed_plan, seeds_plan, spec_from_config
+    from engine.trial import config_key
+
+    ctx = SweepContext(dataset="digits", store_uri="unused", sweep="t")
+    plan = seeds_plan("digits", [0, 1], ["soft", "hard"], [0, 1, 2, 3, 4], {})
+    trials = packed_plan(ctx, plan, 2)
+    runs = [c for t in trials for c in t.get("pack", [t])]
+    assert sorted(map(str, runs)) == sorted(map(str, plan))  # every run once, none added
+    packs = [t["pack"] for t in trials if "pack" in t]
+    assert packs and all(len(p) == 2 for p in packs)
+    for p in packs:  # one configuration, distinct seeds, never a baseline
+        assert len({config_key(spec_from_config(ctx, c)) for c in p}) == 1 and p[0]["seed"] != p[1]["seed"]
+        assert all(c.get("method", "mocca") == "mocca" for c in p)
+    mocca_configs = {config_key(spec_from_config(ctx, c)) for c in plan if c.get("method", "mocca") == "mocca"}
+    assert len(packs) == 2 * len(mocca_configs)  # 5 seeds per configuration: two packs of 2 and one run alone
+    assert packed_plan(ctx, plan, 1) == plan
