@@ -289,26 +289,35 @@ def curve_figure(sweep: Sweep, reported: pd.DataFrame, dataset: str) -> go.Figur
 
 
 # -- cost -------------------------------------------------------------------------------------------------------------
-SHARED_BY_A_PACK = ("data_s", "autoencoder_s", "one_class_s", "total_s")  # each model is scored on its own
+def _count(runs: pd.DataFrame, column: str) -> pd.Series:
+    """A count column of the run rows, 1 where a row predates it."""
+    if column not in runs:
+        return pd.Series(1, index=runs.index)
+    return runs[column].fillna(1).clip(lower=1).astype(int)
 
 
 def pack_sizes(runs: pd.DataFrame) -> pd.Series:
-    """How many runs trained together with each run (1 alone, and for rows older than the column)."""
-    if "pack_size" not in runs:
-        return pd.Series(1, index=runs.index)
-    return runs["pack_size"].fillna(1).clip(lower=1).astype(int)
+    """How many runs trained side by side with each run in stage 2 (engine/packing.py); 1 alone."""
+    return _count(runs, "pack_size")
 
 
 def device_shares(runs: pd.DataFrame) -> pd.DataFrame:
-    """The runs with each packed run's durations cut to its share of its pack's (engine/packing.py: the K runs of
-    a pack share the data load and both training stages), so summed durations count device time once."""
-    packs = pack_sizes(runs)
-    return runs.assign(**{col: runs[col] / packs for col in SHARED_BY_A_PACK if col in runs})
+    """The runs with durations cut to each run's share of what it shared (engine/packing.py): the data load and
+    stage 1 with the `stage1_shared_by` runs of its group, stage 2 with the `pack_size` runs of its pack; its own
+    scoring in full. Summed, they count every device-second once."""
+    stage1, stage2 = _count(runs, "stage1_shared_by"), pack_sizes(runs)
+    out = runs.copy()
+    for col, n in (("data_s", stage1), ("autoencoder_s", stage1), ("one_class_s", stage2)):
+        if col in runs:
+            cut = runs[col] - runs[col] / n
+            out[col] = runs[col] - cut
+            out["total_s"] = out["total_s"] - cut.fillna(0)
+    return out
 
 
 def cost_section(sweep: Sweep) -> Section:
     runs = sweep.runs
-    section = Section("Cost", "Run durations (a packed run's share of its pack), training throughput and "
+    section = Section("Cost", "Run durations (a run trained with others: its share), training throughput and "
                       "device-hours, from the run rows.")  # fmt: skip
     if runs.empty or runs["total_s"].notna().sum() == 0:
         section.empty = "No run has a recorded duration yet."
@@ -342,7 +351,7 @@ def cost_section(sweep: Sweep) -> Section:
     )
     hours["device_hours"] = hours["device_hours"] / 3600.0
     caption = ("device_hours = sum of run durations / 3600 (a fractional-GPU run counts its wall time in full, a "
-               "packed run its share of its pack's).")  # fmt: skip
+               "run trained with others its share of what they shared).")  # fmt: skip
     section.tables.append(Table("cost", "Device-hours", caption, hours, cells=False))
     return section
 

@@ -1,26 +1,37 @@
-"""K runs that differ only in their seed, trained together as one packed model: `run_packed(specs)`.
+"""Runs trained together: `run_packed(specs)` gives what `[run_trial(s) for s in specs]` gives, for less work.
 
-A CIFAR-10 run is too small to fill a GPU: kernel launches, not arithmetic, set its pace. Packing K runs into one
-module with grouped convolutions (engine/models/packed.py) makes every kernel K times wider for the same number of
-launches, so K runs cost far less than K times one (bench/: `packed`). It changes how runs are computed, not what
-they are: `run_packed(specs)` gives what `[run_trial(s) for s in specs]` gives, up to float rounding, under the
-same run keys:
+Two kinds of work are shared, and a group of runs may use both:
 
-- model k starts from the weights spec k's own run would create (its seed, set just before building it);
-- model k draws its shuffles (and augmentations) from its own generator, seeded by spec k, so it sees exactly
-  the batches of its own run; Adam acts elementwise, so one Adam over the packed parameters steps each model as
-  its own Adam would;
-- after training each model is unpacked and scored alone, like any single run.
+- **Seeds side by side.** A CIFAR-10 run is too small to fill a GPU: kernel launches, not arithmetic, set its
+  pace. K runs of different seeds become one module with grouped convolutions (engine/models/packed.py), so every
+  kernel is K times wider for the same number of launches. Model k starts from the weights spec k's own run would
+  create (its seed, set just before building it) and draws its shuffles and augmentations from its own generator,
+  so it sees exactly its own run's batches; Adam acts elementwise, so one Adam over the packed parameters steps
+  each model as its own Adam would. LeNet models only (digits, CIFAR-10).
+- **One stage 1 for several configurations.** Stage 1 (the autoencoder) reads none of the stage-2 settings
+  (boundary, layers, nu, the one-class optimiser: `engine.trial.STAGE2_ONLY`), so a configuration and its
+  last-layer twin, or the layer sets of an ablation, train the same autoencoder for a given seed. It is trained
+  once; every configuration's stage 2 starts from a copy of it and from the generator state stage 1 left, exactly
+  where its own run would be. Stage 1 is most of a run (350 of CIFAR-10's 500 epochs, each costing about twice a
+  stage-2 epoch), so a seeds phase trains about 40 % less and an ablation over L layer sets close to (L-1)/L less.
+  Any model whose training is two stages (LeNet, MVTec's).
 
-A model whose loss stops being finite ends `diverged`, and the others train on undisturbed: grouped convolutions,
-per-channel BatchNorm and per-model matrices never mix one model's numbers into another's. Rows record
-`pack_size` = K and the pack's shared durations; their throughput columns count the images of all K models.
+What differs from runs trained alone is float rounding only where kernels differ (grouped convolutions); sharing
+stage 1 alone repeats the same operations, so its runs match their lone twins exactly on a CPU. Each run keeps
+its run key, is scored alone and becomes its own row, with `pack_size` (models in its packed stage 2) and
+`stage1_shared_by` (runs that used its stage 1); its durations are the shared phases in full plus its own, and
+analysis.report counts each run's share of device time. A model whose loss stops being finite ends `diverged`
+and the others train on undisturbed: grouped convolutions, per-channel BatchNorm and per-model matrices never mix
+one model's numbers into another's.
 """
 
 from __future__ import annotations
 
+import copy
 import time
 from functools import lru_cache
+
+import torch
 
 from engine.data import dataset_module
 from engine.models import create_model
@@ -42,10 +53,12 @@ from engine.trial import (
     finish,
     model_kwargs_for,
     resolve_device,
+    run_key,
     run_trial,
     score_mocca,
     seed_everything,
     split_for,
+    stage1_key,
     stage_configs,
 )
 
@@ -59,73 +72,141 @@ def packable_model(name: str) -> bool:
         return False
 
 
-def packing_problem(spec: TrialSpec) -> str | None:
-    """Why the run cannot train in a pack, as a sentence; None when it can."""
+def sharing_problem(spec: TrialSpec) -> str | None:
+    """Why the run cannot share its stage 1 with other runs, as a sentence; None when it can."""
     if spec.method != "mocca":
         return f"{spec.method} is a scikit-learn baseline, not a network"
-    if getattr(dataset_module(spec.dataset), "VIDEO", False) or not packable_model(spec.model_name):
-        return f"model {spec.model_name} cannot be packed: only the LeNet models (digits, cifar10) can"
+    if getattr(dataset_module(spec.dataset), "VIDEO", False):
+        return f"{spec.dataset} runs train end to end, in one stage"
     if spec.compile:
-        return "compiled runs are not packed: drop --compile or --pack"
+        return "compiled runs are trained alone: drop --compile to train runs together"
     return None
 
 
-def run_packed(specs: list[TrialSpec]) -> list[TrialResult]:
-    """Train and evaluate runs of one configuration (any seeds) as one packed model; one TrialResult per spec, in
-    order. A run that diverges gets status `diverged`; any other error propagates (the caller stores it)."""
+def packing_problem(spec: TrialSpec) -> str | None:
+    """Why the run cannot train side by side with other seeds in one packed model, as a sentence; None if it can."""
+    problem = sharing_problem(spec)
+    if problem is None and not packable_model(spec.model_name):
+        problem = f"model {spec.model_name} cannot be packed: only the LeNet models (digits, cifar10) can"
+    return problem
+
+
+def _check_group(specs: list[TrialSpec]) -> None:
     for spec in specs:
         spec.validate()
-        problem = packing_problem(spec)
+        problem = sharing_problem(spec) if len(specs) > 1 else None
         if problem:
             raise ValueError(problem)
-    if len({config_key(s) for s in specs}) != 1 or len({s.seed for s in specs}) != len(specs):
-        raise ValueError("packed runs must share every setting and differ in their seeds")
+    if len({stage1_key(s) for s in specs}) != 1:
+        raise ValueError("runs trained together must agree on every setting but the seed and the stage-2 ones")
+    if len({run_key(s) for s in specs}) != len(specs):
+        raise ValueError("the same run appears twice in a group of runs trained together")
+    if len({s.seed for s in specs}) > 1 and packing_problem(specs[0]):
+        raise ValueError(packing_problem(specs[0]))
+
+
+def _generator(state: torch.Tensor) -> torch.Generator:
+    generator = torch.Generator()
+    generator.set_state(state)
+    return generator
+
+
+def run_packed(specs: list[TrialSpec]) -> list[TrialResult]:
+    """Train and evaluate runs that share their stage-1 settings (any seeds, any stage-2 settings) together; one
+    TrialResult per spec, in order. A run that diverges gets status `diverged`; any other error propagates (the
+    caller stores it)."""
+    _check_group(specs)
     if len(specs) == 1:
         return [run_trial(specs[0])]
-    first, k = specs[0], len(specs)
+    first = specs[0]
+    seeds = list(dict.fromkeys(s.seed for s in specs))  # the models of stage 1, in order of first appearance
     device = resolve_device(first.device)
-    rows = [base_row(s) for s in specs]
+    rows = {id(s): base_row(s) for s in specs}
     start = time.perf_counter()
     split = split_for(first, device)
-    timings = {"data_s": time.perf_counter() - start}
-    for row in rows:
+    shared = {"data_s": time.perf_counter() - start}
+    for row in rows.values():
         row.update(device=str(device), n_train=len(split.x_train), n_val=len(split.y_val), n_test=len(split.y_test),
-                   pack_size=k)  # fmt: skip
+                   pack_size=1, stage1_shared_by=len(specs))  # fmt: skip
 
+    # stage 1: one model per seed, created and seeded exactly as its runs would create it
     model_kwargs = model_kwargs_for(first, split)
     models, generators = [], []
-    for spec in specs:  # each model's weights and generator exactly as its own run would create them
-        generators.append(seed_everything(spec.seed))
+    for seed in seeds:
+        generators.append(seed_everything(seed))
         models.append(create_model(first.model_name, **model_kwargs))
     memory_format = resolve_memory_format(first.memory_format, device)
-    packed, split = with_memory_format(pack(models).to(device), split, memory_format)
-    feed = Feed.packed_models(generators)
-    ae_cfg, oc_cfg = stage_configs(first)
-    layers = first.resolved_layers()
-
-    results: list[TrialResult | None] = [None] * k
+    ae, split = with_memory_format((pack(models) if len(seeds) > 1 else models[0]).to(device), split, memory_format)
+    feed = Feed.packed_models(generators) if len(seeds) > 1 else Feed.single(generators[0])
+    ae_cfg = stage_configs(first)[0]
+    t = time.perf_counter()
     try:
-        t = time.perf_counter()
-        curves = train_autoencoders(packed, split, ae_cfg, feed, first.precision)
-        timings["autoencoder_s"] = time.perf_counter() - t
-        t = time.perf_counter()
+        curves = train_autoencoders(ae, split, ae_cfg, feed, first.precision)
+    except Diverged:  # every model diverged: feed.diverged says how
+        curves = []
+    shared["autoencoder_s"] = time.perf_counter() - t
+    after_stage1 = [g.get_state() for g in generators]  # where each seed's own run continues from
+
+    # stage 2: per configuration, its seeds' stage-1 models side by side, from copies of their weights
+    results: dict[int, TrialResult] = {}
+    by_config: dict[str, list[TrialSpec]] = {}
+    for spec in specs:
+        by_config.setdefault(config_key(spec), []).append(spec)
+    for group in by_config.values():
+        alive = [s for s in group if seeds.index(s.seed) not in feed.diverged]
+        for spec in group:
+            if seeds.index(spec.seed) in feed.diverged:
+                results[id(spec)] = _diverged(rows[id(spec)], feed.diverged[seeds.index(spec.seed)], shared)
+        if alive:
+            results.update(_stage2(alive, ae, seeds, after_stage1, curves, split, memory_format, rows, shared))
+    return [results[id(s)] for s in specs]
+
+
+def _stage2(
+    specs: list[TrialSpec], ae: torch.nn.Module, seeds: list[int], after_stage1: list[torch.Tensor],
+    curves: list[list[dict]], split, memory_format: torch.memory_format, rows: dict[int, dict], shared: dict,
+) -> dict[int, TrialResult]:  # fmt: skip
+    """Stage 2 and scoring of runs of one configuration whose seeds' autoencoders `ae` holds (K of them packed,
+    or one): one result per run, keyed by id(spec)."""
+    first, k = specs[0], len(specs)
+    index = [seeds.index(s.seed) for s in specs]
+    if len(seeds) == 1:
+        model = copy.deepcopy(ae)
+    else:
+        chosen = [unpack(ae, i) for i in index]
+        model = pack(chosen) if k > 1 else chosen[0]
+    model = model.to(memory_format=memory_format)
+    feed = Feed.packed_models([_generator(after_stage1[i]) for i in index]) if k > 1 else (
+        Feed.single(_generator(after_stage1[index[0]])))  # fmt: skip
+    t = time.perf_counter()
+    try:
         states = train_one_class_models(
-            packed.encoder, split, layers, first.boundary, first.nu, oc_cfg, feed,
+            model.encoder, split, first.resolved_layers(), first.boundary, first.nu, stage_configs(first)[1], feed,
             warmup_epochs=first.warmup_epochs, centroid_eps=first.centroid_eps, precision=first.precision,
         )  # fmt: skip
-        timings["one_class_s"] = time.perf_counter() - t
-    except Diverged:  # every model diverged: feed.diverged says how each did
+    except Diverged:  # every model diverged: feed.diverged says how
         states = []
-    for i, spec in enumerate(specs):
-        row, run_timings = rows[i], dict(timings)
+    timings = {**shared, "one_class_s": time.perf_counter() - t}
+    out = {}
+    for j, spec in enumerate(specs):
+        row = rows[id(spec)]
+        row["pack_size"] = k
+        if j in feed.diverged:
+            out[id(spec)] = _diverged(row, feed.diverged[j], timings)
+            continue
+        encoder = (unpack(model, j).encoder if k > 1 else model.encoder).to(memory_format=memory_format)
+        run_timings = dict(timings)
         try:
-            if i in feed.diverged:
-                raise Diverged(feed.diverged[i])
-            encoder = unpack(packed, i).encoder.to(memory_format=memory_format)
-            result = score_mocca(spec, split, encoder, states[i], curves[i], run_timings, models_trained=k)
+            result = score_mocca(spec, split, encoder, states[j], curves[index[j]], run_timings,
+                                 models=(len(seeds), k))  # fmt: skip
             row["status"] = "ok"
         except Diverged as exc:
-            result = TrialResult(row={})
-            row.update(status="diverged", error=str(exc))
-        results[i] = finish(row, result, run_timings, start)
-    return results
+            out[id(spec)] = _diverged(row, str(exc), run_timings)
+            continue
+        out[id(spec)] = finish(row, result, run_timings, start=None)
+    return out
+
+
+def _diverged(row: dict, message: str, timings: dict) -> TrialResult:
+    row.update(status="diverged", error=message)
+    return finish(row, TrialResult(row={}), dict(timings), start=None)

@@ -4,8 +4,8 @@ best configuration, and `run_and_store` (one run, idempotent against the results
 A *run config* is a flat dict: TrialSpec fields chosen by the sweep (`normal_class`, `seed`, `method`,
 `boundary`, and the searched parameters such as `ae_lr`, `oc_lr`, `nu`, `layers` as "0,1,3") plus `mode`.
 `spec_from_config` completes it with the search space's fixed settings at the sweep's budget.
-A *pack* is {"pack": [run configs]}: runs of one configuration under several seeds, trained together as one
-packed model (engine/packing.py) by `run_pack_and_store`; `packed_plan` groups a phase's runs into packs.
+A *pack* is {"pack": [run configs]}: runs trained together (engine/packing.py: one stage 1 for the runs that
+share it, seeds side by side in one packed model) by `run_pack_and_store`; `packed_plan` groups a phase's runs.
 engine/sweep.py hands these dicts to Ray Tune; tests and benchmarks call `run_and_store` directly.
 """
 
@@ -22,8 +22,8 @@ import torch
 
 from engine import distributed
 from engine.data import class_names
-from engine.packing import packing_problem, run_packed
-from engine.trial import BASELINES, TrialResult, TrialSpec, config_key, failed_row, run_key, run_trial
+from engine.packing import packing_problem, run_packed, sharing_problem
+from engine.trial import BASELINES, TrialResult, TrialSpec, config_key, failed_row, run_key, run_trial, stage1_key
 from results import ResultsStore
 from search_spaces import get_space, layers_to_str, params_to_fields
 
@@ -119,7 +119,7 @@ def run_and_store(config: dict, ctx: SweepContext, node_id: str = "", trial_id: 
 def run_pack_and_store(
     configs: list[dict], ctx: SweepContext, node_id: str = "", trial_id: str = ""
 ) -> list[tuple[dict, bool]]:
-    """`run_and_store` for a pack: the runs not yet stored train together as one packed model and each is stored
+    """`run_and_store` for a pack: the runs not yet stored train together (engine/packing.py) and each is stored
     as its own row; returns (row, trained) per config, in order. An error inside the pack becomes a `failed` row
     for each of its runs; a run stored meanwhile (a resumed sweep) is not trained again."""
     store = ResultsStore(ctx.store_uri)
@@ -148,23 +148,28 @@ def run_pack_and_store(
     return out
 
 
-def packed_plan(ctx: SweepContext, configs: list[dict], size: int) -> list[dict]:
-    """A phase's runs as Tune trials: runs of one configuration that can be packed go in packs of up to `size`
-    seeds ({"pack": [...]}, at the place of their first run), every other run alone."""
-    if size <= 1:
-        return list(configs)
+def packed_plan(ctx: SweepContext, configs: list[dict], size: int, share: bool = True) -> list[dict]:
+    """A phase's runs as Tune trials of runs trained together (engine/packing.py), each at the place of its first
+    run: with `share`, the runs that train the same autoencoder (same stage-1 settings and seed) go in one trial;
+    up to `size` seeds of them train side by side. {"pack": [...]} for a trial of several runs, the run alone
+    otherwise."""
     trials: list[dict | list] = []
-    open_packs: dict[str, list[dict]] = {}
+    groups: dict[str, list[tuple[set, list]]] = {}
     for config in configs:
         spec = spec_from_config(ctx, config)
-        if packing_problem(spec):
+        seeds_per_trial = size if not packing_problem(spec) else 1
+        if sharing_problem(spec) or (not share and seeds_per_trial == 1):
             trials.append(config)
             continue
-        pack = open_packs.get(config_key(spec))
-        if pack is None or len(pack) == size:
-            pack = open_packs[config_key(spec)] = []
-            trials.append(pack)
-        pack.append(config)
+        key = stage1_key(spec) if share else config_key(spec)
+        open_trials = groups.setdefault(key, [])  # (seeds, configs) of this key's trials so far
+        seeds, members = next(((s, m) for s, m in open_trials if spec.seed in s or len(s) < seeds_per_trial),
+                              (set(), []))  # fmt: skip
+        if not members:
+            open_trials.append((seeds, members))
+            trials.append(members)
+        seeds.add(spec.seed)
+        members.append(config)
     return [t if isinstance(t, dict) else (t[0] if len(t) == 1 else {"pack": t}) for t in trials]
 
 

@@ -18,9 +18,10 @@ Ray Train TorchTrainer of W data-parallel workers (`tune_run_distributed`, train
 started inside a Tune function trainable, since Ray 2.60's Tuner no longer takes a trainer. The plain trainable is
 the default because it is far cheaper per run: bench/trainer_overhead.py measured 0.03 s between consecutive plain
 runs (reused actor, data cached in the process) against about 30 s per TorchTrainer run (a controller, fresh
-worker processes, a process group and the data loaded again, every run) on a 2-core CPU machine. With `--pack K`
-a trial of the seeds and ablation grids trains up to K seeds of one configuration as one packed model
-(engine/packing.py) and stores each as its own row; its resources are those of one run.
+worker processes, a process group and the data loaded again, every run) on a 2-core CPU machine. In the seeds and
+ablation grids, runs that train the same autoencoder are one trial that trains it once (unless `--no-sharing`),
+with up to `--pack K` seeds side by side as one packed model (engine/packing.py); each run is stored as its own
+row, and the trial holds the resources of one run.
 """
 
 from __future__ import annotations
@@ -380,9 +381,15 @@ def build_parser() -> Parser:
         type=int,
         default=1,
         metavar="K",
-        help="train up to K seeds of one configuration together as one packed model (grouped convolutions; LeNet "
-        "models: digits, cifar10) in the seeds and ablation phases: same runs, keys and results as alone, for a "
-        "fraction of the cost on a GPU, where one small run leaves most of it idle (bench/: packed)",
+        help="train up to K seeds side by side as one packed model (grouped convolutions; LeNet models: digits, "
+        "cifar10) in the seeds and ablation phases: same runs, keys and results as alone, for a fraction of the cost "
+        "on a GPU, where one small run leaves most of it idle (bench/: packed)",
+    )
+    p.add_argument(
+        "--no-sharing",
+        action="store_true",
+        help="train every run's autoencoder itself; by default runs that train the same one (same stage-1 settings "
+        "and seed: a configuration and its last-layer twin, the layer sets of an ablation) train it once",
     )
     p.add_argument(
         "--max-concurrent",
@@ -658,13 +665,13 @@ class Runner:
         tuner.fit()
 
     def grid(self, mode: str, configs: list[dict], done_before: int) -> None:
-        """One Tune experiment over the runs `configs` (each a trial, or packed ones per `--pack`)."""
+        """One Tune experiment over the runs `configs`, those trained together (engine/packing.py) in one trial."""
         from ray import tune
 
         if not configs:
             return
         self._start()
-        trials = packed_plan(self.ctx, configs, self.args.pack)
+        trials = packed_plan(self.ctx, configs, self.args.pack, share=not self.args.no_sharing)
         stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S")
         progress = Progress(mode, len(configs) + done_before, done_before, self.args.quiet)
         tuner = tune.Tuner(

@@ -52,6 +52,9 @@ BASELINES = ("ocsvm", "iforest")
 KEY_VERSION = "1"  # bump when a change makes old results incomparable; it is part of every run key
 # where the data lives, where it runs and how fast (layout, compilation) do not change what the run is
 NOT_IN_KEY = ("data_root", "device", "memory_format", "compile")
+# what only stage 2 reads: runs that agree on everything else train the same autoencoder in stage 1
+STAGE2_ONLY = ("boundary", "layers", "nu", "oc_epochs", "oc_lr", "oc_weight_decay", "oc_milestones", "warmup_epochs",
+               "centroid_eps", "squared_scores")  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -157,6 +160,12 @@ def run_key(spec: TrialSpec) -> str:
 def config_key(spec: TrialSpec) -> str:
     """Like `run_key` without the seed: runs of one configuration under several seeds share it."""
     return _hash({k: v for k, v in spec.key_fields().items() if k != "seed"})
+
+
+def stage1_key(spec: TrialSpec) -> str:
+    """Like `config_key`, of stage 1 alone: runs that share it and a seed train the same autoencoder (a
+    configuration and its last-layer twin, the layer sets of an ablation), so it can be trained once for them."""
+    return _hash({k: v for k, v in spec.key_fields().items() if k not in (*STAGE2_ONLY, "seed")})
 
 
 @dataclass
@@ -327,11 +336,11 @@ def _mocca(spec: TrialSpec, split: OneClassSplit, generator: torch.Generator, ti
 
 def score_mocca(
     spec: TrialSpec, split: OneClassSplit, encoder: torch.nn.Module, state: OneClassModel, curves: list[dict],
-    timings: dict, models_trained: int = 1,
+    timings: dict, models: tuple[int, int] = (1, 1),
 ) -> TrialResult:  # fmt: skip
     """Score a trained encoder on validation and test: metrics, per-sample scores and curves. `timings` holds the
-    stages' durations (`score_s` is added); `models_trained` > 1 when they trained that many packed models at
-    once, whose images the throughput columns count."""
+    stages' durations (`score_s` is added); `models` = how many models stage 1 and stage 2 trained side by side
+    in them (engine/packing.py), whose images the throughput columns count."""
     layers = state.layers
     t = time.perf_counter()
     per_layer = {}
@@ -348,8 +357,8 @@ def score_mocca(
     timings["score_s"] = time.perf_counter() - t
 
     n = len(split.x_train)
-    metrics["ae_images_per_s"] = models_trained * spec.ae_epochs * n / max(timings["autoencoder_s"], 1e-9)
-    metrics["oc_images_per_s"] = models_trained * spec.oc_epochs * n / max(timings["one_class_s"], 1e-9)
+    metrics["ae_images_per_s"] = models[0] * spec.ae_epochs * n / max(timings["autoencoder_s"], 1e-9)
+    metrics["oc_images_per_s"] = models[1] * spec.oc_epochs * n / max(timings["one_class_s"], 1e-9)
     metrics["final_radii"] = [float(r) for r in state.radii.tolist()]
     metrics["code_size"] = encoder.layer_dims[-1]
     labels = {"val": split.y_val.cpu().numpy(), "test": split.y_test.cpu().numpy()}
@@ -411,7 +420,7 @@ def run_trial(spec: TrialSpec) -> TrialResult:
     timings["data_s"] = time.perf_counter() - t
     generator = seed_everything(spec.seed)
     row.update(device=str(device), n_train=len(split.x_train), n_val=len(split.y_val), n_test=len(split.y_test),
-               pack_size=1)  # fmt: skip
+               pack_size=1, stage1_shared_by=1)  # fmt: skip
     try:
         if getattr(dataset_module(spec.dataset), "VIDEO", False):
             result = _video(spec, split, generator, timings)
@@ -425,12 +434,13 @@ def run_trial(spec: TrialSpec) -> TrialResult:
     return finish(row, result, timings, start)
 
 
-def finish(row: dict, result: TrialResult, timings: dict, start: float) -> TrialResult:
+def finish(row: dict, result: TrialResult, timings: dict, start: float | None) -> TrialResult:
     """The run's complete result: `row` (config, provenance, status) with the result's metrics, the durations and
-    the end time; per-sample scores and curves keyed by the run."""
+    the end time; per-sample scores and curves keyed by the run. `total_s` is the time since `start`, or (None:
+    runs trained together) the sum of the run's phases, shared ones included."""
     row.update(result.row)
     row.update(timings)
-    row["total_s"] = time.perf_counter() - start
+    row["total_s"] = time.perf_counter() - start if start is not None else sum(timings.values())
     row["ended_at"] = _now()
     result.row = row
     for frame in (result.scores, result.curves):

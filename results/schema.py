@@ -19,9 +19,12 @@ DuckDB `SELECT * FROM '<sweep>/runs/*.parquet'` or Polars `pl.read_parquet(...)`
 | layer_val_auc, layer_test_auc | AUC of each selected layer alone, aligned with `layers` |
 | final_radii | radius per selected layer at the end of training (0 for the hard boundary) |
 | status, error | ok, diverged or failed; the error message |
-| data_s, autoencoder_s, one_class_s, fit_s, score_s, total_s | phase durations in seconds (of the whole pack) |
+| data_s, autoencoder_s, one_class_s, fit_s, score_s | phase durations in seconds, shared ones in full |
+| total_s | the run's duration: wall time alone, the sum of its phases when trained with others |
 | ae_images_per_s, oc_images_per_s | training throughput of the two stages (images of every model of the pack) |
-| pack_size | runs trained together as one packed model (engine/packing.py): 1 alone, null in older rows |
+| pack_size | runs trained side by side in this run's stage 2 as one packed model (engine/packing.py): 1 alone |
+| stage1_shared_by | runs whose stage 1 was this run's: one autoencoder trained once for them (engine/packing.py); |
+| | both columns are 1 for a run trained alone and null in rows written before they existed |
 | n_train, n_val, n_test | split sizes |
 | device, hostname, node_id, trial_id | where it ran (Ray node id and Tune trial id when run by a sweep) |
 | torch_version, cuda_version, code_version | provenance |
@@ -87,6 +90,7 @@ RUN_SCHEMA = pa.schema(
         ("ae_images_per_s", pa.float64()),
         ("oc_images_per_s", pa.float64()),
         ("pack_size", pa.int64()),
+        ("stage1_shared_by", pa.int64()),
         ("n_train", pa.int64()),
         ("n_val", pa.int64()),
         ("n_test", pa.int64()),

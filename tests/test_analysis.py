@@ -394,13 +394,19 @@ def test_report_renders_in_headless_chromium(digits_report, tmp_path):
     assert errors is not None and errors.group(1).strip() == ""
 
 
-def test_a_packed_run_counts_its_share_of_its_packs_device_time():
+def test_a_run_trained_with_others_counts_its_share_of_the_device_time():
+    # a group of 4 runs sharing one stage 1 (data 2 s, stage 1 20 s): two configurations, each a pack of 2 seeds in
+    # stage 2 (6 s and 8 s); then a run alone, and a row older than the columns
     runs = pd.DataFrame({
-        "pack_size": [3, 3, 3, 1, None],  # a pack of three, a run alone, a row older than the column
-        "total_s": [30.0, 30.0, 30.0, 12.0, 8.0], "autoencoder_s": [21.0, 21.0, 21.0, 9.0, 6.0],
-        "score_s": [1.0, 1.0, 1.0, 1.0, 1.0],
+        "stage1_shared_by": [4, 4, 4, 4, 1, None], "pack_size": [2, 2, 2, 2, 1, None],
+        "data_s": [2.0, 2.0, 2.0, 2.0, 1.0, 1.0], "autoencoder_s": [20.0, 20.0, 20.0, 20.0, 9.0, 6.0],
+        "one_class_s": [6.0, 6.0, 8.0, 8.0, 3.0, 2.0], "score_s": [1.0, 1.0, 1.0, 1.0, 1.0, 1.0],
     })  # fmt: skip
+    runs["total_s"] = runs[["data_s", "autoencoder_s", "one_class_s", "score_s"]].sum(axis=1)
     shares = report.device_shares(runs)
-    assert shares["total_s"].sum() == pytest.approx(30.0 + 12.0 + 8.0)  # the pack's 30 s counted once
-    assert shares["autoencoder_s"].tolist() == pytest.approx([7.0, 7.0, 7.0, 9.0, 6.0])
-    assert shares["score_s"].tolist() == runs["score_s"].tolist()  # each packed model is scored on its own
+    # the group's device time: 2 + 20 + 6 + 8 + 4 x 1 scoring = 40 s, counted once
+    assert shares["total_s"].iloc[:4].sum() == pytest.approx(40.0)
+    assert shares["total_s"].iloc[4:].tolist() == runs["total_s"].iloc[4:].tolist()  # alone: unchanged
+    assert shares["autoencoder_s"].tolist() == pytest.approx([5.0] * 4 + [9.0, 6.0])
+    assert shares["one_class_s"].tolist() == pytest.approx([3.0, 3.0, 4.0, 4.0, 3.0, 2.0])
+    assert shares["score_s"].tolist() == runs["score_s"].tolist()  # each run is scored on its own

@@ -8,8 +8,8 @@ import torch
 
 from engine.models import create_model
 from engine.models.packed import pack, pack_inputs, unpack, unpack_outputs
-from engine.packing import packing_problem, run_packed
-from engine.trial import TrialSpec, run_trial
+from engine.packing import packing_problem, run_packed, sharing_problem
+from engine.trial import BASELINES, TrialSpec, run_trial
 
 K = 3
 TOL = dict(rtol=1e-5, atol=1e-5)
@@ -140,18 +140,28 @@ def test_a_diverging_model_leaves_the_rest_of_its_pack_untouched(monkeypatch):
 
     clean = run_packed(_specs())
 
-    def pack_with_a_broken_model(models):
-        with torch.no_grad():
-            models[1].encoder.convs[0].weight.fill_(float("nan"))
+    packs = []
+
+    def pack_with_a_broken_model(models):  # the first pack is stage 1's: break its model 1
+        if not packs:
+            with torch.no_grad():
+                models[1].encoder.convs[0].weight.fill_(float("nan"))
+        packs.append(len(models))
         return pack(models)
 
     monkeypatch.setattr(packing, "pack", pack_with_a_broken_model)
     broken = run_packed(_specs())
     assert broken[1].row["status"] == "diverged" and "autoencoder loss became nan" in broken[1].row["error"]
-    for k in (0, 2):  # NaN in model 1's channels never reaches its neighbours
-        assert broken[k].row["status"] == "ok"
-        assert broken[k].row["test_auc"] == clean[k].row["test_auc"]
-        np.testing.assert_array_equal(broken[k].scores["score"], clean[k].scores["score"])
+    assert packs == [3, 2]  # stage 2 trains the two survivors only
+    for k in (0, 2):  # NaN in model 1's channels never reaches its neighbours: stage 1 is bit for bit the clean one
+        assert broken[k].row["status"] == "ok" and broken[k].row["pack_size"] == 2
+        np.testing.assert_array_equal(
+            broken[k].curves.query("stage == 'autoencoder'")["loss"],
+            clean[k].curves.query("stage == 'autoencoder'")["loss"],
+        )
+        # stage 2 packs 2 models instead of 3: grouped kernels of another width round differently
+        assert broken[k].row["test_auc"] == pytest.approx(clean[k].row["test_auc"], abs=1e-4)
+        np.testing.assert_allclose(broken[k].scores["score"], clean[k].scores["score"], rtol=1e-5, atol=1e-5)
 
 
 def test_a_pack_of_diverging_models_is_all_diverged(monkeypatch):
@@ -162,15 +172,51 @@ def test_a_pack_of_diverging_models_is_all_diverged(monkeypatch):
     assert [r["status"] for r in rows] == ["diverged"] * K
 
 
-def test_what_cannot_be_packed_says_why():
+def test_what_cannot_be_trained_together_says_why():
     assert "baseline" in packing_problem(TrialSpec(method="ocsvm"))
     assert "only the LeNet models" in packing_problem(TrialSpec(dataset="mvtec"))
+    assert sharing_problem(TrialSpec(dataset="mvtec")) is None  # MVTec's runs share stage 1, one seed at a time
+    assert "end to end" in sharing_problem(TrialSpec(dataset="shanghaitech"))
     assert "--compile" in packing_problem(TrialSpec(compile=True))
     assert packing_problem(TrialSpec(dataset="cifar10")) is None
-    with pytest.raises(ValueError, match="differ in their seeds"):
-        run_packed([TrialSpec(**RUN, seed=0), TrialSpec(**{**RUN, "nu": 0.2}, seed=1)])
-    with pytest.raises(ValueError, match="differ in their seeds"):
+    with pytest.raises(ValueError, match="stage-2 ones"):  # a stage-1 setting differs
+        run_packed([TrialSpec(**RUN, seed=0), TrialSpec(**{**RUN, "ae_lr": 0.1}, seed=1)])
+    with pytest.raises(ValueError, match="appears twice"):
         run_packed([TrialSpec(**RUN, seed=0), TrialSpec(**RUN, seed=0)])
+
+
+def test_runs_sharing_stage1_are_exactly_their_lone_twins():
+    """A configuration, its last-layer twin and a hard-boundary variant train one autoencoder: each run's stage 2
+    starts from it and from the generator state it left, as the run alone would, so on a CPU nothing differs."""
+    specs = [TrialSpec(**RUN, seed=4), TrialSpec(**{**RUN, "layers": (3,)}, seed=4),
+             TrialSpec(**{**RUN, "boundary": "hard", "oc_lr": 3e-3, "nu": 0.05}, seed=4)]  # fmt: skip
+    together = run_packed(specs)
+    for spec, t in zip(specs, together, strict=True):
+        alone = run_trial(spec)
+        assert t.row["run_key"] == alone.row["run_key"] and t.row["status"] == "ok"
+        assert t.row["stage1_shared_by"] == 3 and t.row["pack_size"] == 1 and alone.row["stage1_shared_by"] == 1
+        assert t.row["test_auc"] == alone.row["test_auc"] and t.row["final_radii"] == alone.row["final_radii"]
+        np.testing.assert_array_equal(t.scores["score"], alone.scores["score"])
+        np.testing.assert_array_equal(t.curves["loss"], alone.curves["loss"])
+    assert len({t.row["test_auc"] for t in together}) == 3  # three different runs, not one copied
+    assert len({t.row["autoencoder_s"] for t in together}) == 1  # one stage 1, timed once
+    for t in together:
+        row = t.row
+        assert row["total_s"] == pytest.approx(
+            row["data_s"] + row["autoencoder_s"] + row["one_class_s"] + row["score_s"]
+        )
+
+
+def test_seeds_side_by_side_and_one_stage1_for_two_configurations():
+    specs = [TrialSpec(**{**RUN, "layers": layers}, seed=seed) for layers in ((1, 3), (3,)) for seed in (0, 1, 2)]
+    specs = specs[:5]  # the last-layer twin without seed 2: a configuration may miss a seed
+    together = run_packed(specs)
+    for spec, t in zip(specs, together, strict=True):
+        alone = run_trial(spec)
+        assert t.row["run_key"] == alone.row["run_key"] and t.row["stage1_shared_by"] == 5
+        assert t.row["pack_size"] == (3 if spec.layers == (1, 3) else 2)
+        assert t.row["test_auc"] == pytest.approx(alone.row["test_auc"], abs=1e-3)
+        np.testing.assert_allclose(t.curves["loss"], alone.curves["loss"], rtol=1e-3)
 
 
 def test_a_packed_feed_gives_each_model_its_own_runs_batches_and_augmentation():
@@ -196,20 +242,24 @@ def test_a_packed_feed_gives_each_model_its_own_runs_batches_and_augmentation():
             torch.testing.assert_close(p[k], a)
 
 
-def test_a_phase_is_cut_into_packs_of_one_configuration_each_run_once():
+def test_a_phase_is_cut_into_trials_of_runs_trained_together_each_run_once():
     from engine.plan import SweepContext, packed_plan, seeds_plan, spec_from_config
-    from engine.trial import config_key
+    from engine.trial import config_key, stage1_key
 
     ctx = SweepContext(dataset="digits", store_uri="unused", sweep="t")
+    # no selections: both boundaries and their last-layer twins train the same autoencoder per class and seed
     plan = seeds_plan("digits", [0, 1], ["soft", "hard"], [0, 1, 2, 3, 4], {})
-    trials = packed_plan(ctx, plan, 2)
-    runs = [c for t in trials for c in t.get("pack", [t])]
-    assert sorted(map(str, runs)) == sorted(map(str, plan))  # every run once, none added
-    packs = [t["pack"] for t in trials if "pack" in t]
-    assert packs and all(len(p) == 2 for p in packs)
-    for p in packs:  # one configuration, distinct seeds, never a baseline
-        assert len({config_key(spec_from_config(ctx, c)) for c in p}) == 1 and p[0]["seed"] != p[1]["seed"]
-        assert all(c.get("method", "mocca") == "mocca" for c in p)
-    mocca_configs = {config_key(spec_from_config(ctx, c)) for c in plan if c.get("method", "mocca") == "mocca"}
-    assert len(packs) == 2 * len(mocca_configs)  # 5 seeds per configuration: two packs of 2 and one run alone
-    assert packed_plan(ctx, plan, 1) == plan
+    for share, key in ((True, stage1_key), (False, config_key)):
+        trials = packed_plan(ctx, plan, 2, share=share)
+        runs = [c for t in trials for c in t.get("pack", [t])]
+        assert sorted(map(str, runs)) == sorted(map(str, plan))  # every run once, none added
+        packs = [t["pack"] for t in trials if "pack" in t]
+        for p in packs:  # what trains together shares the key, at most 2 seeds side by side, never a baseline
+            assert len({key(spec_from_config(ctx, c)) for c in p}) == 1 and len({c["seed"] for c in p}) <= 2
+            assert all(c.get("method", "mocca") == "mocca" for c in p)
+        assert sum(t.get("method") in BASELINES for t in trials) == 2 * len(BASELINES) * 5  # each alone
+        if share:  # per class: seeds {0, 1}, {2, 3}, {4}, each with the 4 configurations
+            assert sorted(len(p) for p in packs) == [4, 4] + [8] * 4
+        else:  # per configuration: seeds {0, 1}, {2, 3}; seed 4 alone
+            assert len(packs) == 2 * 4 * 2 and all(len(p) == 2 for p in packs)  # classes x configurations x 2
+    assert packed_plan(ctx, plan, 1, share=False) == plan

@@ -169,7 +169,7 @@ def test_failing_run_is_recorded_and_sweep_completes(ray_env, tmp_path):
     assert "did not finish ok" in proc.stdout
 
 
-def test_packed_seeds_store_the_same_runs_one_row_each_and_resume(ray_env, tmp_path):
+def test_runs_trained_together_store_the_same_runs_one_row_each_and_resume(ray_env, tmp_path):
     seeds = ["--mode", "seeds", "--seeds", "0,1,2", "--pack", "3"]
     proc = _sweep(ray_env, tmp_path, *seeds)
     assert "[seeds] 12/12 runs" in proc.stdout  # progress counts runs, not trials
@@ -182,20 +182,22 @@ def test_packed_seeds_store_the_same_runs_one_row_each_and_resume(ray_env, tmp_p
 
     assert set(runs["run_key"]) == {run_key(spec_from_config(ctx, c)) for c in pending}  # the runs of no packing
     assert len(runs) == runs["run_key"].nunique() == 12 and set(runs["status"]) == {"ok"}
-    mocca = runs[runs["method"] == "mocca"]
-    assert (mocca["pack_size"] == 3).all() and (runs.loc[runs["method"] != "mocca", "pack_size"] == 1).all()
-    # each configuration's three seeds trained as one trial: one trial id per pack
-    assert mocca.groupby("config_key")["trial_id"].nunique().eq(1).all() and mocca["trial_id"].nunique() == 2
+    mocca, baselines = runs[runs["method"] == "mocca"], runs[runs["method"] != "mocca"]
+    # the default config and its last-layer twin share stage 1: one trial, 3 seeds side by side, 6 runs
+    assert mocca["trial_id"].nunique() == 1 and len(mocca) == 6
+    assert (mocca["pack_size"] == 3).all() and (mocca["stage1_shared_by"] == 6).all()
+    assert (baselines["pack_size"] == 1).all() and baselines["trial_id"].nunique() == len(baselines)
+    assert mocca["autoencoder_s"].nunique() == 1  # trained once
     assert set(store.load_curves()["run_key"]) == set(mocca["run_key"])
 
-    # a pack cut short before storing one of its runs: only that run trains again, alone
+    # a group cut short before storing one of its runs: only that run trains again, alone
     lost = mocca.iloc[0]["run_key"]
     (tmp_path / "digits" / "runs" / f"{lost}.parquet").unlink()
     before = len(_trainings(ray_env))
     _sweep(ray_env, tmp_path, *seeds)
     assert [key for key, _ in _trainings(ray_env)[before:]] == [lost]
-    again = store.load()
-    assert len(again) == 12 and again.set_index("run_key").loc[lost, "pack_size"] == 1
+    again = store.load().set_index("run_key")
+    assert len(again) == 12 and again.loc[lost, "pack_size"] == 1 and again.loc[lost, "stage1_shared_by"] == 1
 
 
 def _main_exit(argv, capsys) -> tuple[int, str]:
@@ -219,7 +221,7 @@ def _main_exit(argv, capsys) -> tuple[int, str]:
         (["--mode", "everything"], "invalid choice: 'everything'"),
         (["--pack", "0"], "--pack and --max-concurrent must be at least 1"),
         (["--pack", "2", "--workers-per-run", "2"], "use --pack or --workers-per-run, not both"),
-        (["--pack", "2", "--compile"], "--pack 2: compiled runs are not packed"),
+        (["--pack", "2", "--compile"], "--pack 2: compiled runs are trained alone"),
     ],
 )
 def test_bad_input_exits_2_and_writes_nothing(tmp_path, capsys, args, message):
