@@ -12,7 +12,8 @@ Sections:
               split of class 0, batch 64 as the digits budget trains); also the engine loop in the other memory
               layout (what engine.training.AUTO_MEMORY_FORMAT is set from)
   packed      stage-1 images/s of K packed models (engine.models.packed) vs the same K models one after another,
-              and K whole digits runs as one pack (engine.packing.run_packed) vs one by one, with their AUC gap
+              and whole digits runs trained together (engine.packing.run_packed: K seeds side by side, one stage 1
+              for a config and its last-layer twin or for the ablation's layer sets) vs one by one, with AUC gaps
   overhead    N digits runs of ~10 s through engine.sweep vs the same runs in a plain loop (bench.overhead), and N
               tiny runs the same way: the per-run cost of the function-trainable path
   trainer     (--trainer) per-run cost of the plain function trainable vs a TorchTrainer (bench.trainer_overhead)
@@ -122,10 +123,10 @@ def section_packed(device: torch.device, args) -> list[dict]:
         row["load_average"] = load_average()
         print(f"  {model} K={k}: packed {row['speedup']:.2f}x sequential", flush=True)
         rows.append(row)
-    for k in (2,) if args.quick else (3, 10):
-        row = tp.packed_runs_vs_alone(k, device, 1 if args.quick else args.reps)
+    for case, specs in tp.together_cases(device, args.quick):
+        row = tp.runs_together_vs_alone(case, specs, 1 if args.quick else args.reps)
         row["load_average"] = load_average()
-        print(f"  whole digits runs K={k}: packed {row['speedup']:.2f}x one by one", flush=True)
+        print(f"  whole digits runs, {case}: {row['speedup']:.2f}x one by one", flush=True)
         rows.append(row)
     return rows
 
@@ -362,12 +363,11 @@ def markdown(result: dict) -> str:
             )
         lines.append("")
     for r in result.get("packed") or []:
-        if "alone_s_per_run" in r:
-            lines.append(f"- {r['k']} whole {r['model']} runs ({r['budget']} budget, {r['epochs']}+{r['epochs']} "
-                         f"epochs) as one pack: {r['packed_s_per_run']:.2f} s per run vs {r['alone_s_per_run']:.2f} s "
-                         f"one by one = {r['speedup']:.2f}x; test AUC gap packed vs alone: median "
-                         f"{r['median_auc_gap']:.4f}, max {r['max_auc_gap']:.4f} "
-                         f"(load {r['load_average']})")  # fmt: skip
+        if "case" in r:
+            lines.append(f"- {r['runs']} whole {r['model']} runs ({r['epochs']}+{r['epochs']} epochs), {r['case']}: "
+                         f"{r['together_s_per_run']:.2f} s per run vs {r['alone_s_per_run']:.2f} s one by one = "
+                         f"{r['speedup']:.2f}x; test AUC gap together vs alone: median {r['median_auc_gap']:.4f}, "
+                         f"max {r['max_auc_gap']:.4f} (load {r['load_average']})")  # fmt: skip
             continue
         lines.append(f"- packed {r['model']} K={r['k']} (batch {r['batch_size']} each): "
                      f"{r['packed_images_per_s']:.0f} images/s packed vs {r['sequential_images_per_s']:.0f} "

@@ -210,31 +210,51 @@ def packed_vs_sequential(model_name: str, k: int, batch: int, steps: int, device
             "sequential_images_per_s": seq, "packed_images_per_s": pk, "speedup": pk / seq}  # fmt: skip
 
 
-def packed_runs_vs_alone(k: int, device: torch.device, reps: int, budget: str = "smoke") -> dict:
-    """Whole digits runs (both stages and scoring, class 0, the search space's budget): K seeds trained as one pack
-    (engine.packing.run_packed) against the same K runs one after another (engine.trial.run_trial), alternating
+def runs_together_vs_alone(case: str, specs: list, reps: int) -> dict:
+    """Whole runs (both stages and scoring) trained together (engine.packing.run_packed: seeds side by side, one
+    stage 1 for runs that share it) against the same runs one after another (engine.trial.run_trial), alternating
     which goes first; and how far the two ways' test AUCs lie apart, run by run."""
     from engine.packing import run_packed
-    from engine.trial import TrialSpec, run_trial
-    from search_spaces import get_space
+    from engine.trial import run_trial
 
-    fields = {**get_space("digits").fixed(budget, 0), "device": str(device)}
-    specs = [TrialSpec(**fields, seed=seed) for seed in range(k)]
     run_trial(dataclasses.replace(specs[0], ae_epochs=1, oc_epochs=1))  # warm-up: the split is cached per process
-    walls: dict[str, list[float]] = {"alone": [], "packed": []}
+    walls: dict[str, list[float]] = {"alone": [], "together": []}
     aucs: dict[str, list[float]] = {}
-    ways = (("alone", lambda: [run_trial(s) for s in specs]), ("packed", lambda: run_packed(specs)))
+    ways = (("alone", lambda: [run_trial(s) for s in specs]), ("together", lambda: run_packed(specs)))
     for rep in range(reps):
         for name, fn in ways[:: 1 if rep % 2 == 0 else -1]:
             start = time.perf_counter()
             results = fn()
             walls[name].append(time.perf_counter() - start)
             aucs[name] = [r.row["test_auc"] for r in results]
-    alone, packed = (statistics.median(walls[n]) for n in ("alone", "packed"))
-    gaps = [abs(a - b) for a, b in zip(aucs["alone"], aucs["packed"], strict=True)]
-    return {"model": "lenet_digits", "k": k, "budget": budget, "epochs": fields["ae_epochs"], "reps": reps,
-            "alone_s_per_run": alone / k, "packed_s_per_run": packed / k, "speedup": alone / packed,
-            "max_auc_gap": max(gaps), "median_auc_gap": statistics.median(gaps)}  # fmt: skip
+    alone, together = (statistics.median(walls[n]) for n in ("alone", "together"))
+    gaps = [abs(a - b) for a, b in zip(aucs["alone"], aucs["together"], strict=True)]
+    return {"case": case, "model": specs[0].model_name, "runs": len(specs), "epochs": specs[0].ae_epochs,
+            "reps": reps, "alone_s_per_run": alone / len(specs), "together_s_per_run": together / len(specs),
+            "speedup": alone / together, "max_auc_gap": max(gaps),
+            "median_auc_gap": statistics.median(gaps)}  # fmt: skip
+
+
+def together_cases(device: torch.device, quick: bool) -> list[tuple[str, list]]:
+    """Digits runs at the smoke budget, class 0: K seeds of one configuration (packed side by side), and one seed's
+    configuration with its last-layer twin or with every layer set of the digits ablation (one stage 1)."""
+    from engine.trial import TrialSpec
+    from search_spaces import digits
+
+    fields = {**digits.fixed("smoke", 0), "device": str(device)}
+    layer_sets = list(digits.ABLATION_LAYER_SETS)
+    cases = [(f"{k} seeds side by side", [TrialSpec(**fields, seed=seed) for seed in range(k)])
+             for k in ((2,) if quick else (3, 10))]  # fmt: skip
+    cases.append(
+        (
+            "a config and its last-layer twin, one stage 1",
+            [TrialSpec(**fields, layers=layers) for layers in (None, (digits.NUM_LAYERS - 1,))],
+        )
+    )
+    if not quick:
+        cases.append((f"{len(layer_sets)} ablation layer sets, one stage 1",
+                      [TrialSpec(**fields, layers=layers) for layers in layer_sets]))  # fmt: skip
+    return cases
 
 
 # -- GPU: k concurrent runs, per-epoch times ---------------------------------------------------------------------------
