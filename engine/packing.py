@@ -12,9 +12,9 @@ Two kinds of work are shared, and a group of runs may use both:
   (boundary, layers, nu, the one-class optimiser: `engine.trial.STAGE2_ONLY`), so a configuration and its
   last-layer twin, or the layer sets of an ablation, train the same autoencoder for a given seed. It is trained
   once; every configuration's stage 2 starts from a copy of it and from the generator state stage 1 left, exactly
-  where its own run would be. Stage 1 is most of a run (350 of CIFAR-10's 500 epochs, each costing about twice a
-  stage-2 epoch), so a seeds phase trains about 40 % less and an ablation over L layer sets close to (L-1)/L less.
-  Any model whose training is two stages (LeNet, MVTec's).
+  where its own run would be. Stage 1 is most of a run (350 of CIFAR-10's 500 epochs, each 1.23 times a stage-2
+  epoch on a CPU), so a configuration and its last-layer twin cost about a third less together, and an ablation
+  over L layer sets trains one autoencoder instead of L. Any model whose training is two stages (LeNet, MVTec's).
 
 What differs from runs trained alone is float rounding only where kernels differ (grouped convolutions); sharing
 stage 1 alone repeats the same operations, so its runs match their lone twins exactly on a CPU. Each run keeps
