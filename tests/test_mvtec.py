@@ -324,6 +324,34 @@ def test_smoke_run_end_to_end_writes_nothing_into_the_dataset(root, category):
     assert _tree_digest(root) == before
 
 
+def test_asking_the_input_shape_leaves_the_global_rng_alone(root):
+    split = load_split("mvtec", "leather", data_root=str(root), **dict(TINY_TEXTURE))
+    torch.manual_seed(0)
+    before = torch.random.get_rng_state()
+    assert split.input_shape == (3, 16, 16)  # a texture trains on random patches: the shape runs the augmentation
+    assert torch.equal(torch.random.get_rng_state(), before)  # the model's weights come from this RNG next
+
+
+def test_layer_sets_sharing_one_stage1_are_exactly_their_lone_twins(root):
+    """MVTec's stage 1 draws augmentations from the run's generator: stage 2 of each layer set continues from the
+    generator state the shared stage 1 left, so each run is bit for bit the run trained alone (engine/packing.py)."""
+    from engine.packing import run_packed
+
+    c = data.CLASSES.index("leather")
+    fields = get_space("mvtec").fixed("smoke", c)
+    fields.update(data_options=TINY_TEXTURE, ae_lr=1e-3, oc_lr=1e-3, batch_size=4, ae_epochs=2, oc_epochs=2,
+                  normal_class=c, data_root=str(root), device="cpu", seed=3)  # fmt: skip
+    specs = [TrialSpec(**fields, layers=layers) for layers in ((0, 3, 6), (6,), (2, 4))]
+    together = run_packed(specs)
+    for spec, t in zip(specs, together, strict=True):
+        alone = run_trial(spec)
+        assert t.row["status"] == alone.row["status"] == "ok" and t.row["stage1_shared_by"] == 3
+        assert t.row["test_auc"] == alone.row["test_auc"]
+        np.testing.assert_array_equal(t.scores["score"], alone.scores["score"])
+        np.testing.assert_array_equal(t.curves["loss"], alone.curves["loss"])
+    assert len({t.row["test_auc"] for t in together}) > 1
+
+
 def test_cli_smoke_run(root, capsys):
     from engine.train import main
 

@@ -49,9 +49,12 @@ class OneClassSplit:
 
     @property
     def input_shape(self) -> tuple[int, ...]:
+        """The shape of one training input (after augmentation: MVTec's textures train on patches). The
+        augmentation draws from a throwaway generator: asking a shape must not move the global RNG, from which the
+        model's weights are drawn next."""
         x = self.x_train[:1]
         if self.train_transform is not None:
-            x = self.train_transform(x, None)
+            x = self.train_transform(x, torch.Generator(device=x.device).manual_seed(0))
         return tuple(x.shape[1:])
 
     def to(self, device: torch.device | str) -> OneClassSplit:
