@@ -29,11 +29,13 @@ from __future__ import annotations
 
 import copy
 import time
+from dataclasses import dataclass
 from functools import lru_cache
 
 import torch
+from torch import nn
 
-from engine.data import dataset_module
+from engine.data import OneClassSplit, dataset_module
 from engine.models import create_model
 from engine.models.lenet import LeNetAutoencoder
 from engine.models.packed import pack, unpack
@@ -105,10 +107,35 @@ def _check_group(specs: list[TrialSpec]) -> None:
         raise ValueError(packing_problem(specs[0]))
 
 
-def _generator(state: torch.Tensor) -> torch.Generator:
-    generator = torch.Generator()
-    generator.set_state(state)
-    return generator
+@dataclass
+class _Autoencoders:
+    """What stage 1 leaves a group: one trained autoencoder per seed (packed when several), each seed's curves,
+    the generator state its run continues from, and why a seed's model diverged."""
+
+    model: nn.Module
+    seeds: list[int]
+    curves: list[list[dict]]
+    after: list[torch.Tensor]
+    diverged: dict[int, str]
+
+    def divergence(self, seed: int) -> str | None:
+        return self.diverged.get(self.seeds.index(seed))
+
+    def copies(self, seeds: list[int], memory_format: torch.memory_format) -> tuple[nn.Module, Feed]:
+        """Copies of the autoencoders of `seeds` (packed when several), and a feed whose generators continue where
+        stage 1 left each seed's: what stage 2 of one configuration starts from."""
+        index = [self.seeds.index(s) for s in seeds]
+        if len(self.seeds) == 1:
+            model = copy.deepcopy(self.model)
+        else:
+            chosen = [unpack(self.model, i) for i in index]
+            model = pack(chosen) if len(chosen) > 1 else chosen[0]
+        generators = []
+        for i in index:
+            generators.append(torch.Generator())
+            generators[-1].set_state(self.after[i])
+        feed = Feed.packed_models(generators) if len(generators) > 1 else Feed.single(generators[0])
+        return model.to(memory_format=memory_format), feed
 
 
 def run_packed(specs: list[TrialSpec]) -> list[TrialResult]:
@@ -119,7 +146,6 @@ def run_packed(specs: list[TrialSpec]) -> list[TrialResult]:
     if len(specs) == 1:
         return [run_trial(specs[0])]
     first = specs[0]
-    seeds = list(dict.fromkeys(s.seed for s in specs))  # the models of stage 1, in order of first appearance
     device = resolve_device(first.device)
     rows = {id(s): base_row(s) for s in specs}
     start = time.perf_counter()
@@ -128,56 +154,52 @@ def run_packed(specs: list[TrialSpec]) -> list[TrialResult]:
     for row in rows.values():
         row.update(device=str(device), n_train=len(split.x_train), n_val=len(split.y_val), n_test=len(split.y_test),
                    pack_size=1, stage1_shared_by=len(specs))  # fmt: skip
-
-    # stage 1: one model per seed, created and seeded exactly as its runs would create it
-    model_kwargs = model_kwargs_for(first, split)
-    models, generators = [], []
-    for seed in seeds:
-        generators.append(seed_everything(seed))
-        models.append(create_model(first.model_name, **model_kwargs))
     memory_format = resolve_memory_format(first.memory_format, device)
-    ae, split = with_memory_format((pack(models) if len(seeds) > 1 else models[0]).to(device), split, memory_format)
-    feed = Feed.packed_models(generators) if len(seeds) > 1 else Feed.single(generators[0])
-    ae_cfg = stage_configs(first)[0]
     t = time.perf_counter()
-    try:
-        curves = train_autoencoders(ae, split, ae_cfg, feed, first.precision)
-    except Diverged:  # every model diverged: feed.diverged says how
-        curves = []
+    autoencoders, split = _stage1(first, list(dict.fromkeys(s.seed for s in specs)), split, memory_format)
     shared["autoencoder_s"] = time.perf_counter() - t
-    after_stage1 = [g.get_state() for g in generators]  # where each seed's own run continues from
 
-    # stage 2: per configuration, its seeds' stage-1 models side by side, from copies of their weights
     results: dict[int, TrialResult] = {}
     by_config: dict[str, list[TrialSpec]] = {}
     for spec in specs:
         by_config.setdefault(config_key(spec), []).append(spec)
-    for group in by_config.values():
-        alive = [s for s in group if seeds.index(s.seed) not in feed.diverged]
+    for group in by_config.values():  # stage 2 per configuration, its seeds side by side
         for spec in group:
-            if seeds.index(spec.seed) in feed.diverged:
-                results[id(spec)] = _diverged(rows[id(spec)], feed.diverged[seeds.index(spec.seed)], shared)
+            if autoencoders.divergence(spec.seed):
+                results[id(spec)] = _diverged(rows[id(spec)], autoencoders.divergence(spec.seed), shared)
+        alive = [s for s in group if not autoencoders.divergence(s.seed)]
         if alive:
-            results.update(_stage2(alive, ae, seeds, after_stage1, curves, split, memory_format, rows, shared))
+            results.update(_stage2(alive, autoencoders, split, memory_format, rows, shared))
     return [results[id(s)] for s in specs]
 
 
+def _stage1(spec: TrialSpec, seeds: list[int], split, memory_format) -> tuple[_Autoencoders, OneClassSplit]:
+    """Train one autoencoder per seed (side by side when several), each created and seeded as its runs would
+    create it; the split comes back in `memory_format`."""
+    model_kwargs = model_kwargs_for(spec, split)
+    models, generators = [], []
+    for seed in seeds:
+        generators.append(seed_everything(seed))
+        models.append(create_model(spec.model_name, **model_kwargs))
+    device = split.x_train.device
+    ae, split = with_memory_format((pack(models) if len(seeds) > 1 else models[0]).to(device), split, memory_format)
+    feed = Feed.packed_models(generators) if len(seeds) > 1 else Feed.single(generators[0])
+    try:
+        curves = train_autoencoders(ae, split, stage_configs(spec)[0], feed, spec.precision)
+    except Diverged:  # every model diverged: feed.diverged says how
+        curves = []
+    after = [g.get_state() for g in generators]
+    return _Autoencoders(ae, seeds, curves, after, feed.diverged), split
+
+
 def _stage2(
-    specs: list[TrialSpec], ae: torch.nn.Module, seeds: list[int], after_stage1: list[torch.Tensor],
-    curves: list[list[dict]], split, memory_format: torch.memory_format, rows: dict[int, dict], shared: dict,
+    specs: list[TrialSpec], autoencoders: _Autoencoders, split: OneClassSplit, memory_format: torch.memory_format,
+    rows: dict[int, dict], shared: dict,
 ) -> dict[int, TrialResult]:  # fmt: skip
-    """Stage 2 and scoring of runs of one configuration whose seeds' autoencoders `ae` holds (K of them packed,
-    or one): one result per run, keyed by id(spec)."""
+    """Stage 2 and scoring of runs of one configuration (distinct seeds), side by side from copies of their
+    seeds' autoencoders: one result per run, keyed by id(spec)."""
     first, k = specs[0], len(specs)
-    index = [seeds.index(s.seed) for s in specs]
-    if len(seeds) == 1:
-        model = copy.deepcopy(ae)
-    else:
-        chosen = [unpack(ae, i) for i in index]
-        model = pack(chosen) if k > 1 else chosen[0]
-    model = model.to(memory_format=memory_format)
-    feed = Feed.packed_models([_generator(after_stage1[i]) for i in index]) if k > 1 else (
-        Feed.single(_generator(after_stage1[index[0]])))  # fmt: skip
+    model, feed = autoencoders.copies([s.seed for s in specs], memory_format)
     t = time.perf_counter()
     try:
         states = train_one_class_models(
@@ -196,9 +218,10 @@ def _stage2(
             continue
         encoder = (unpack(model, j).encoder if k > 1 else model.encoder).to(memory_format=memory_format)
         run_timings = dict(timings)
+        curves = autoencoders.curves[autoencoders.seeds.index(spec.seed)]
         try:
-            result = score_mocca(spec, split, encoder, states[j], curves[index[j]], run_timings,
-                                 models=(len(seeds), k))  # fmt: skip
+            result = score_mocca(spec, split, encoder, states[j], curves, run_timings,
+                                 models=(len(autoencoders.seeds), k))  # fmt: skip
             row["status"] = "ok"
         except Diverged as exc:
             out[id(spec)] = _diverged(row, str(exc), run_timings)
