@@ -112,7 +112,7 @@ def sweep_side(configs: list[dict], storage: str) -> dict:
     try:
         runner._start()  # Ray start-up, timed apart from the runs
         started, unix_started = time.perf_counter(), time.time()
-        runner.grid("seeds", configs, 0)
+        runner.grid("seeds", configs, len(configs), 0)  # one run per trial, as in the loop
         finished = time.perf_counter()
         cpu = cpu_seconds() - cpu  # driver + Ray's processes, while they still exist (shutdown's CPU is left out)
     finally:

@@ -65,7 +65,7 @@ def measure(path: str, runs: int, epochs: int, storage: str) -> dict:
         if path == "trainer-1":  # the sweep itself uses the trainer only from two workers on
             runner.trainable = sweep.trainer_trainable(ctx, 1, 1.0, 0.0)
         started = time.perf_counter()
-        runner.grid("seeds", configs(runs, epochs), 0)
+        runner.grid("seeds", configs(runs, epochs), runs, 0)
         finished = time.perf_counter()
     finally:
         runner.close()

@@ -664,16 +664,15 @@ class Runner:
         )
         tuner.fit()
 
-    def grid(self, mode: str, configs: list[dict], done_before: int) -> None:
-        """One Tune experiment over the runs `configs`, those trained together (engine/packing.py) in one trial."""
+    def grid(self, mode: str, trials: list[dict], runs: int, done_before: int) -> None:
+        """One Tune experiment over `trials` (packed_plan's: a run, or runs trained together) of `runs` runs."""
         from ray import tune
 
-        if not configs:
+        if not trials:
             return
         self._start()
-        trials = packed_plan(self.ctx, configs, self.args.pack, share=not self.args.no_sharing)
         stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S")
-        progress = Progress(mode, len(configs) + done_before, done_before, self.args.quiet)
+        progress = Progress(mode, runs + done_before, done_before, self.args.quiet)
         tuner = tune.Tuner(
             self.trainable,
             param_space={"run": tune.grid_search(trials)},
@@ -764,9 +763,11 @@ def run_sweep(args: argparse.Namespace) -> int:
             phase = "ablation" if args.mode == "ablation" else "seeds"
             plan = make_plan(args.dataset, classes, boundaries, seeds, selections)
             pending, done = unique_pending(ctx, plan, store.done_keys())
+            trials = packed_plan(ctx, pending, args.pack, share=not args.no_sharing)
             if not args.quiet:
-                print(f"[{phase}] {len(pending) + done} runs, {done} already in the store", flush=True)
-            runner.grid(phase, pending, done)
+                together = f", in {len(trials)} trials (runs trained together)" if len(trials) < len(pending) else ""
+                print(f"[{phase}] {len(pending) + done} runs, {done} already in the store{together}", flush=True)
+            runner.grid(phase, trials, len(pending), done)
         trained = len(store.done_keys()) - before
         runs = store.load()
     finally:
