@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import copy
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import lru_cache
 
@@ -138,13 +139,19 @@ class _Autoencoders:
         return model.to(memory_format=memory_format), feed
 
 
-def run_packed(specs: list[TrialSpec]) -> list[TrialResult]:
+def run_packed(
+    specs: list[TrialSpec], on_result: Callable[[int, TrialResult], None] | None = None
+) -> list[TrialResult]:
     """Train and evaluate runs that share their stage-1 settings (any seeds, any stage-2 settings) together; one
-    TrialResult per spec, in order. A run that diverges gets status `diverged`; any other error propagates (the
-    caller stores it)."""
+    TrialResult per spec, in order. `on_result(i, result)` is called as soon as run i is done (the sweep stores it
+    then, so a group killed midway keeps its finished runs). A run that diverges gets status `diverged`; any other
+    error propagates (the caller stores it)."""
     _check_group(specs)
+    done = on_result or (lambda i, result: None)
     if len(specs) == 1:
-        return [run_trial(specs[0])]
+        result = run_trial(specs[0])
+        done(0, result)
+        return [result]
     first = specs[0]
     device = resolve_device(first.device)
     rows = {id(s): base_row(s) for s in specs}
@@ -163,13 +170,18 @@ def run_packed(specs: list[TrialSpec]) -> list[TrialResult]:
     by_config: dict[str, list[TrialSpec]] = {}
     for spec in specs:
         by_config.setdefault(config_key(spec), []).append(spec)
+    position = {id(s): i for i, s in enumerate(specs)}
     for group in by_config.values():  # stage 2 per configuration, its seeds side by side
+        finished = {}
         for spec in group:
             if autoencoders.divergence(spec.seed):
-                results[id(spec)] = _diverged(rows[id(spec)], autoencoders.divergence(spec.seed), shared)
+                finished[id(spec)] = _diverged(rows[id(spec)], autoencoders.divergence(spec.seed), shared)
         alive = [s for s in group if not autoencoders.divergence(s.seed)]
         if alive:
-            results.update(_stage2(alive, autoencoders, split, memory_format, rows, shared))
+            finished.update(_stage2(alive, autoencoders, split, memory_format, rows, shared))
+        for key, result in finished.items():
+            done(position[key], result)
+        results.update(finished)
     return [results[id(s)] for s in specs]
 
 

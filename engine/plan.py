@@ -119,12 +119,16 @@ def run_and_store(config: dict, ctx: SweepContext, node_id: str = "", trial_id: 
 def run_pack_and_store(
     configs: list[dict], ctx: SweepContext, node_id: str = "", trial_id: str = ""
 ) -> list[tuple[dict, bool]]:
-    """`run_and_store` for a pack: the runs not yet stored train together (engine/packing.py) and each is stored
-    as its own row; returns (row, trained) per config, in order. An error inside the pack becomes a `failed` row
-    for each of its runs; a run stored meanwhile (a resumed sweep) is not trained again."""
+    """`run_and_store` for runs trained together (engine/packing.py): those not yet stored train together and
+    each is stored as its own row as soon as it is done; returns (row, trained) per config, in order. An error
+    inside the group becomes a `failed` row for each of its runs not stored by then."""
     store = ResultsStore(ctx.store_uri)
     specs = [spec_from_config(ctx, c) for c in configs]
     out: list[tuple[dict, bool] | None] = [None] * len(configs)
+
+    def store_result(i: int, result: TrialResult) -> None:
+        out[i] = (_store_row(store, result, configs[i], ctx, node_id, trial_id), True)
+
     todo = []
     for i, spec in enumerate(specs):
         stored = store.read_run(run_key(spec))
@@ -135,16 +139,17 @@ def run_pack_and_store(
         try:
             _maybe_inject_failure(spec)
         except RuntimeError as exc:
-            out[i] = (_store_row(store, TrialResult(failed_row(spec, exc)), configs[i], ctx, node_id, trial_id), True)
+            store_result(i, TrialResult(failed_row(spec, exc)))
         else:
             todo.append(i)
     torch.set_num_threads(max(1, int(ctx.cpus_per_run)))
     try:
-        results = run_packed([specs[i] for i in todo]) if todo else []
-    except Exception as exc:  # a failed pack is data, not a crash of the sweep
-        results = [TrialResult(row=failed_row(specs[i], exc)) for i in todo]
-    for i, result in zip(todo, results, strict=True):
-        out[i] = (_store_row(store, result, configs[i], ctx, node_id, trial_id), True)
+        if todo:
+            run_packed([specs[i] for i in todo], on_result=lambda j, result: store_result(todo[j], result))
+    except Exception as exc:  # a failed group is data, not a crash of the sweep
+        for i in todo:
+            if out[i] is None:
+                store_result(i, TrialResult(failed_row(specs[i], exc)))
     return out
 
 

@@ -389,7 +389,9 @@ def build_parser() -> Parser:
         "--no-sharing",
         action="store_true",
         help="train every run's autoencoder itself; by default runs that train the same one (same stage-1 settings "
-        "and seed: a configuration and its last-layer twin, the layer sets of an ablation) train it once",
+        "and seed: a configuration and its last-layer twin, the layer sets of an ablation) train it once, in one "
+        "trial: less work but fewer, longer trials, so with more run slots than such groups (one class's ablation on "
+        "many GPUs) this flag keeps every slot busy",
     )
     p.add_argument(
         "--max-concurrent",

@@ -263,3 +263,30 @@ def test_a_phase_is_cut_into_trials_of_runs_trained_together_each_run_once():
         else:  # per configuration: seeds {0, 1}, {2, 3}; seed 4 alone
             assert len(packs) == 2 * 4 * 2 and all(len(p) == 2 for p in packs)  # classes x configurations x 2
     assert packed_plan(ctx, plan, 1, share=False) == plan
+
+
+def test_a_group_stores_each_run_when_done_so_a_crash_midway_keeps_the_finished_ones(tmp_path, monkeypatch):
+    import engine.packing as packing
+    from engine.plan import SweepContext, run_pack_and_store
+    from results import ResultsStore
+
+    ctx = SweepContext(dataset="digits", store_uri=str(tmp_path / "s"), sweep="t")
+    configs = [{"normal_class": 0, "seed": seed, "layers": layers, "mode": "seeds"}
+               for layers in ("0,1,2,3", "3") for seed in (0, 1)]  # fmt: skip
+    real, calls = packing.train_one_class_models, []
+
+    def second_configuration_crashes(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise RuntimeError("out of memory")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(packing, "train_one_class_models", second_configuration_crashes)
+    out = run_pack_and_store(configs, ctx)
+    assert [row["status"] for row, _ in out] == ["ok", "ok", "failed", "failed"]
+    assert "out of memory" in out[2][0]["error"] and all(trained for _, trained in out)
+    runs = ResultsStore(ctx.store_uri).load().set_index("run_key")
+    assert len(runs) == 4 and runs.loc[out[0][0]["run_key"], "stage1_shared_by"] == 4
+    # run again: the stored runs are not trained again
+    monkeypatch.setattr(packing, "train_one_class_models", real)
+    assert [trained for _, trained in run_pack_and_store(configs, ctx)] == [False] * 4
