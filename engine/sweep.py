@@ -767,7 +767,8 @@ def run_sweep(args: argparse.Namespace) -> int:
             pending, done = unique_pending(ctx, plan, store.done_keys())
             trials = packed_plan(ctx, pending, args.pack, share=not args.no_sharing)
             if not args.quiet:
-                together = f", in {len(trials)} trials (runs trained together)" if len(trials) < len(pending) else ""
+                trial_count = f"{len(trials)} trial" + "s" * (len(trials) > 1)
+                together = f", in {trial_count} (runs trained together)" if len(trials) < len(pending) else ""
                 print(f"[{phase}] {len(pending) + done} runs, {done} already in the store{together}", flush=True)
             runner.grid(phase, trials, len(pending), done)
         trained = len(store.done_keys()) - before
