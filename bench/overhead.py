@@ -103,7 +103,19 @@ def sweep_side(configs: list[dict], storage: str) -> dict:
 
     name = "bench-sweep"
     args = sweep.build_parser().parse_args(
-        ["digits", "--storage", storage, "--name", name, "--max-concurrent", "1", "--cpus-per-run", "1", "--quiet"]
+        [
+            "digits",
+            "--storage",
+            storage,
+            "--name",
+            name,
+            "--max-concurrent",
+            "1",
+            "--cpus-per-run",
+            "1",
+            "--no-sharing",
+            "--quiet",
+        ]  # one run per trial, as in the loop
     )
     store = sweep.prepare_store(args, name)
     ctx = SweepContext(dataset="digits", store_uri=store.uri, sweep=name, cpus_per_run=1.0)
@@ -112,7 +124,7 @@ def sweep_side(configs: list[dict], storage: str) -> dict:
     try:
         runner._start()  # Ray start-up, timed apart from the runs
         started, unix_started = time.perf_counter(), time.time()
-        runner.grid("seeds", configs, len(configs), 0)  # one run per trial, as in the loop
+        runner.grid("seeds", configs, 0)
         finished = time.perf_counter()
         cpu = cpu_seconds() - cpu  # driver + Ray's processes, while they still exist (shutdown's CPU is left out)
     finally:

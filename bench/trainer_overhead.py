@@ -54,7 +54,7 @@ def measure(path: str, runs: int, epochs: int, storage: str) -> dict:
     os.environ[TRAINING_LOG] = str(log)  # inherited by Ray's workers: one line per run as its training starts
     workers = 2 if path == "trainer-2" else 1
     argv = ["digits", "--storage", storage, "--name", "bench", "--num-cpus", "2", "--max-concurrent", "1",
-            "--cpus-per-run", "1", "--workers-per-run", str(workers), "--quiet"]  # fmt: skip
+            "--cpus-per-run", "1", "--workers-per-run", str(workers), "--no-sharing", "--quiet"]  # fmt: skip
     args = sweep.build_parser().parse_args(argv)
     store = sweep.prepare_store(args, "bench")
     ctx = SweepContext(dataset="digits", store_uri=store.root, sweep="bench", cpus_per_run=1.0)
@@ -65,7 +65,7 @@ def measure(path: str, runs: int, epochs: int, storage: str) -> dict:
         if path == "trainer-1":  # the sweep itself uses the trainer only from two workers on
             runner.trainable = sweep.trainer_trainable(ctx, 1, 1.0, 0.0)
         started = time.perf_counter()
-        runner.grid("seeds", configs(runs, epochs), runs, 0)
+        runner.grid("seeds", configs(runs, epochs), 0)
         finished = time.perf_counter()
     finally:
         runner.close()

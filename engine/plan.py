@@ -153,20 +153,26 @@ def run_pack_and_store(
     return out
 
 
-def packed_plan(ctx: SweepContext, configs: list[dict], size: int, share: bool = True) -> list[dict]:
+def packed_plan(
+    ctx: SweepContext, configs: list[dict], size: int, share: bool = True, min_trials: int = 1
+) -> list[dict]:
     """A phase's runs as Tune trials of runs trained together (engine/packing.py), each at the place of its first
     run: with `share`, the runs that train the same autoencoder (same stage-1 settings and seed) go in one trial;
     up to `size` seeds of them train side by side. {"pack": [...]} for a trial of several runs, the run alone
-    otherwise."""
+    otherwise. Fewer trials than `min_trials` (the cluster's run slots) would leave slots idle: then the trials
+    sharing a stage 1 among most configurations are split by configuration (each configuration keeps its seeds
+    together, so no run changes) until there are enough, or nothing is left to split."""
     trials: list[dict | list] = []
     groups: dict[str, list[tuple[set, list]]] = {}
+    keys: dict[int, str] = {}  # id(config) -> config_key, for splitting
     for config in configs:
         spec = spec_from_config(ctx, config)
         seeds_per_trial = size if not packing_problem(spec) else 1
         if sharing_problem(spec) or (not share and seeds_per_trial == 1):
             trials.append(config)
             continue
-        key = stage1_key(spec) if share else config_key(spec)
+        keys[id(config)] = config_key(spec)
+        key = stage1_key(spec) if share else keys[id(config)]
         open_trials = groups.setdefault(key, [])  # (seeds, configs) of this key's trials so far
         seeds, members = next(((s, m) for s, m in open_trials if spec.seed in s or len(s) < seeds_per_trial),
                               (set(), []))  # fmt: skip
@@ -175,7 +181,27 @@ def packed_plan(ctx: SweepContext, configs: list[dict], size: int, share: bool =
             trials.append(members)
         seeds.add(spec.seed)
         members.append(config)
+    _split_until(trials, min_trials, keys)
     return [t if isinstance(t, dict) else (t[0] if len(t) == 1 else {"pack": t}) for t in trials]
+
+
+def _split_until(trials: list[dict | list], count: int, keys: dict[int, str]) -> None:
+    """Split, in place, the trial with the most configurations into two halves of its configurations, until there
+    are `count` trials or every trial holds one configuration."""
+
+    def by_config(trial) -> list[list[dict]]:
+        parts: dict[str, list[dict]] = {}
+        for config in trial if isinstance(trial, list) else ():
+            parts.setdefault(keys[id(config)], []).append(config)
+        return list(parts.values())
+
+    while len(trials) < count:
+        widest = max(range(len(trials)), key=lambda i: len(by_config(trials[i])))
+        parts = by_config(trials[widest])
+        if len(parts) < 2:
+            return
+        half = len(parts) // 2
+        trials[widest : widest + 1] = [[c for p in parts[:half] for c in p], [c for p in parts[half:] for c in p]]
 
 
 def stored_run(config: dict, ctx: SweepContext) -> dict | None:

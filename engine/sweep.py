@@ -390,8 +390,7 @@ def build_parser() -> Parser:
         action="store_true",
         help="train every run's autoencoder itself; by default runs that train the same one (same stage-1 settings "
         "and seed: a configuration and its last-layer twin, the layer sets of an ablation) train it once, in one "
-        "trial: less work but fewer, longer trials, so with more run slots than such groups (one class's ablation on "
-        "many GPUs) this flag keeps every slot busy",
+        "trial (split by configuration where the cluster has more run slots than such trials)",
     )
     p.add_argument(
         "--max-concurrent",
@@ -666,15 +665,20 @@ class Runner:
         )
         tuner.fit()
 
-    def grid(self, mode: str, trials: list[dict], runs: int, done_before: int) -> None:
-        """One Tune experiment over `trials` (packed_plan's: a run, or runs trained together) of `runs` runs."""
+    def grid(self, mode: str, configs: list[dict], done_before: int) -> None:
+        """One Tune experiment over the runs `configs`, those trained together (engine/packing.py) in one trial, in
+        at least as many trials as the cluster has run slots where splitting groups allows."""
         from ray import tune
 
-        if not trials:
+        if not configs:
             return
         self._start()
+        trials = packed_plan(self.ctx, configs, self.args.pack, share=not self.args.no_sharing, min_trials=self.slots)
+        if not self.args.quiet and len(trials) < len(configs):
+            print(f"[{mode}] {len(configs)} runs to train in {len(trials)} trial{'s' * (len(trials) > 1)} "
+                  "(runs trained together)", flush=True)  # fmt: skip
         stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S")
-        progress = Progress(mode, runs + done_before, done_before, self.args.quiet)
+        progress = Progress(mode, len(configs) + done_before, done_before, self.args.quiet)
         tuner = tune.Tuner(
             self.trainable,
             param_space={"run": tune.grid_search(trials)},
@@ -765,12 +769,9 @@ def run_sweep(args: argparse.Namespace) -> int:
             phase = "ablation" if args.mode == "ablation" else "seeds"
             plan = make_plan(args.dataset, classes, boundaries, seeds, selections)
             pending, done = unique_pending(ctx, plan, store.done_keys())
-            trials = packed_plan(ctx, pending, args.pack, share=not args.no_sharing)
             if not args.quiet:
-                trial_count = f"{len(trials)} trial" + "s" * (len(trials) > 1)
-                together = f", in {trial_count} (runs trained together)" if len(trials) < len(pending) else ""
-                print(f"[{phase}] {len(pending) + done} runs, {done} already in the store{together}", flush=True)
-            runner.grid(phase, trials, len(pending), done)
+                print(f"[{phase}] {len(pending) + done} runs, {done} already in the store", flush=True)
+            runner.grid(phase, pending, done)
         trained = len(store.done_keys()) - before
         runs = store.load()
     finally:

@@ -290,3 +290,25 @@ def test_a_group_stores_each_run_when_done_so_a_crash_midway_keeps_the_finished_
     # run again: the stored runs are not trained again
     monkeypatch.setattr(packing, "train_one_class_models", real)
     assert [trained for _, trained in run_pack_and_store(configs, ctx)] == [False] * 4
+
+
+def test_groups_split_by_configuration_until_every_run_slot_has_a_trial():
+    from engine.plan import SweepContext, ablation_plan, packed_plan, spec_from_config
+    from engine.trial import config_key, stage1_key
+
+    ctx = SweepContext(dataset="digits", store_uri="unused", sweep="t")
+    plan = ablation_plan("digits", [3], ["soft", "hard"], [0, 1], {})  # 15 layer sets x 2 boundaries x 2 seeds
+    whole = packed_plan(ctx, plan, 2)
+    assert len(whole) == 1  # one autoencoder per seed, both seeds side by side: one trial of all 60 runs
+    for slots in (4, 7, 100):
+        trials = packed_plan(ctx, plan, 2, min_trials=slots)
+        assert len(trials) == min(slots, 30)  # at most one trial per configuration
+        runs = [c for t in trials for c in t.get("pack", [t])]
+        assert sorted(map(str, runs)) == sorted(map(str, plan))
+        seeds_of = {}
+        for t in trials:
+            members = t.get("pack", [t])
+            assert len({stage1_key(spec_from_config(ctx, c)) for c in members}) == 1
+            for c in members:  # a configuration's seeds stay side by side in one trial: no run changes
+                seeds_of.setdefault(config_key(spec_from_config(ctx, c)), set()).add(id(t))
+        assert all(len(ids) == 1 for ids in seeds_of.values())
