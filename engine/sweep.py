@@ -780,7 +780,8 @@ def run_sweep(args: argparse.Namespace) -> int:
         print("nothing to train: every run of this sweep is already in the store")
     else:
         print(f"trained {trained} runs in {_hms(time.monotonic() - started)}")
-    print(format_summary(summary_table(runs[runs["dataset"] == args.dataset])))
+    if args.mode != "ablation":  # the ablation's table is analysis.tables' Table VII (see the last line)
+        print(format_summary(summary_table(runs[runs["dataset"] == args.dataset])))
     failed = runs[runs["status"] != "ok"]
     if len(failed):
         print(f"{len(failed)} runs did not finish ok (see the `status` and `error` columns)")
